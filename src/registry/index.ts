@@ -1,0 +1,3 @@
+export * from './types';
+export * from './promotion';
+export * from './sqlite';
