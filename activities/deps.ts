@@ -1,0 +1,51 @@
+/**
+ * What activities need from their worker process, injected by the worker (samples:
+ * activities-dependency-injection). Tests build the same deps against a real server.
+ */
+import type { Client } from '@temporalio/client';
+import type { KilnConfig } from '../src/config/load';
+import type { GpuTelemetry } from '../src/job';
+import type { Logger } from '../src/logger';
+import type { ModelRegistry } from '../src/registry/types';
+import type { GpuLeases } from '../src/supervisor/gpu';
+
+/** Kiln's own worker metrics; a no-op implementation where no exporter runs. */
+export interface KilnMetrics {
+  jobStarted(pool: string): void;
+  jobEnded(pool: string, jobId: string): void;
+  progress(jobId: string, stepsPerSec: number | null): void;
+  sinceProgress(jobId: string, seconds: number): void;
+  checkpoints(jobId: string, count: number, bytes: number): void;
+  cancelled(pool: string): void;
+  stalled(pool: string): void;
+}
+
+export const noMetrics: KilnMetrics = {
+  jobStarted() {},
+  jobEnded() {},
+  progress() {},
+  sinceProgress() {},
+  checkpoints() {},
+  cancelled() {},
+  stalled() {},
+};
+
+export interface CommonDeps {
+  config: KilnConfig;
+  log: Logger;
+  client: Client;
+  workerId: string;
+  /** Opened lazily: a worker that never registers a version never opens the database. */
+  registry: () => ModelRegistry;
+  trainerArgv: (command: readonly string[]) => string[];
+}
+
+export interface GpuDeps extends CommonDeps {
+  pool: string;
+  gpus: GpuLeases;
+  metrics: KilnMetrics;
+  sampleGpus: (ids: string[]) => Promise<GpuTelemetry[] | null>;
+  isPinned: (path: string) => boolean;
+  /** Test hook: called once a trainer process was spawned. */
+  onTrainerStarted?: (jobId: string, attempt: number) => void;
+}

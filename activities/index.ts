@@ -1,0 +1,28 @@
+/**
+ * Activity factories. Workflows import this module only as types.
+ * - control worker (kiln-control): prepareJob, evaluate, registry activities;
+ * - GPU workers (kiln-gpu-<pool>): train, evaluate.
+ */
+import type { CommonDeps, GpuDeps } from './deps';
+import { createEvaluate } from './evaluate';
+import { createPrepareJob } from './prepare';
+import { createRegistryActivities, type RegistryHooks } from './registry';
+import { createTrain } from './train';
+
+export function createControlActivities(deps: CommonDeps, hooks: RegistryHooks = {}) {
+  return {
+    prepareJob: createPrepareJob(deps),
+    evaluate: createEvaluate(deps),
+    ...createRegistryActivities(deps, hooks),
+  };
+}
+
+export function createGpuActivities(deps: GpuDeps) {
+  return {
+    train: createTrain(deps),
+    evaluate: createEvaluate(deps),
+  };
+}
+
+export type { CommonDeps, GpuDeps, KilnMetrics } from './deps';
+export { noMetrics } from './deps';

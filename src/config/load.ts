@@ -1,0 +1,122 @@
+/**
+ * Loads temporal.yaml: YAML → ${ENV} interpolation → zod → cross-checks → compiled config.
+ * Every problem is reported by path in one ConfigError; nothing starts on a bad config.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseDocument } from 'yaml';
+import { ConfigError } from '../errors';
+import { compileParamsSchema, formatIssues } from '../params';
+import { ConfigSchema, type ParsedConfig } from './schema';
+
+export interface KilnConfig extends ParsedConfig {
+  /** Absolute path of the file this came from. */
+  readonly file: string;
+  /** Folder relative paths in the file resolve against. */
+  readonly baseDir: string;
+  /** Absolute state folder (KILN_HOME wins over state.home). */
+  readonly home: string;
+  /** Absolute artifacts root. */
+  readonly artifactsRoot: string;
+}
+
+/** Where the config comes from: --config, then KILN_CONFIG, then ./temporal.yaml. */
+export function configPath(explicit?: string): string {
+  return path.resolve(explicit ?? process.env.KILN_CONFIG ?? 'temporal.yaml');
+}
+
+const ENV_RE = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+/** Replaces ${VAR} and ${VAR:-default} in every string value; a missing VAR without default is a problem. */
+function interpolate(value: unknown, at: string, env: NodeJS.ProcessEnv, problems: string[]): unknown {
+  if (typeof value === 'string') {
+    return value.replace(ENV_RE, (_m, name: string, def: string | undefined) => {
+      const v = env[name];
+      if (v !== undefined && v !== '') return v;
+      if (def !== undefined) return def;
+      problems.push(`${at}: environment variable ${name} is not set (set it, or write \${${name}:-default})`);
+      return '';
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => interpolate(v, `${at}.${i}`, env, problems));
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = interpolate(v, at ? `${at}.${k}` : k, env, problems);
+    return out;
+  }
+  return value;
+}
+
+/** Checks that need more than one field: models refer to trainers and pools, params fit their trainer. */
+function crossCheck(cfg: ParsedConfig): string[] {
+  const problems: string[] = [];
+  for (const [modelName, m] of Object.entries(cfg.models)) {
+    const at = `models.${modelName}`;
+    const trainer = cfg.trainers[m.trainer];
+    if (!trainer) {
+      const known = Object.keys(cfg.trainers);
+      problems.push(`${at}.trainer: unknown trainer "${m.trainer}" (defined trainers: ${known.length ? known.join(', ') : 'none'}; add it under trainers:)`);
+    } else {
+      const r = compileParamsSchema(trainer.params).safeParse(m.params);
+      if (!r.success) problems.push(...formatIssues(`${at}.params`, r.error));
+    }
+    if (!cfg.workers.pools[m.pool]) {
+      problems.push(`${at}.pool: unknown pool "${m.pool}" (defined pools: ${Object.keys(cfg.workers.pools).join(', ')}; add it under workers.pools:)`);
+    }
+    if (m.promotion && m.requiredMetrics.length && !m.requiredMetrics.includes(m.promotion.metric)) {
+      problems.push(`${at}.promotion.metric: "${m.promotion.metric}" should also be listed in requiredMetrics, or a version missing it could be promoted`);
+    }
+  }
+  return problems;
+}
+
+export function parseConfigText(text: string, file: string, env: NodeJS.ProcessEnv = process.env): KilnConfig {
+  const source = path.basename(file);
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length) {
+    throw new ConfigError(
+      source,
+      doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]}${e.linePos ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : ''}`),
+    );
+  }
+  const raw = doc.toJS() ?? {};
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(source, ['(root): expected a mapping of sections (server, trainers, models, ...)']);
+  const problems: string[] = [];
+  const interpolated = interpolate(raw, '', env, problems);
+  const parsed = ConfigSchema.safeParse(interpolated);
+  if (!parsed.success) problems.push(...formatIssues('', parsed.error));
+  if (problems.length || !parsed.success) throw new ConfigError(source, problems);
+  const cross = crossCheck(parsed.data);
+  if (cross.length) throw new ConfigError(source, cross);
+
+  const baseDir = path.dirname(path.resolve(file));
+  const home = path.resolve(baseDir, env.KILN_HOME || parsed.data.state.home);
+  const artifactsRoot = parsed.data.artifacts.root ? path.resolve(baseDir, parsed.data.artifacts.root) : path.join(home, 'artifacts');
+  const server = { ...parsed.data.server, address: env.TEMPORAL_ADDRESS || parsed.data.server.address };
+  if (env.TEMPORAL_NAMESPACE) server.namespace = env.TEMPORAL_NAMESPACE;
+  return { ...parsed.data, server, file: path.resolve(file), baseDir, home, artifactsRoot };
+}
+
+export function loadConfig(file = configPath(), env: NodeJS.ProcessEnv = process.env): KilnConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ConfigError(path.basename(file), [
+      code === 'ENOENT' ? `file not found at ${file} (run from the repo root, or pass --config / set KILN_CONFIG)` : `cannot read ${file}: ${String(err)}`,
+    ]);
+  }
+  return parseConfigText(text, file, env);
+}
+
+/** Resolves a trainer command's argv: relative paths that exist next to the config become absolute. */
+export function resolveCommand(cfg: KilnConfig, argv: readonly string[]): string[] {
+  return argv.map((a, i) => {
+    if (i === 0 && a === 'node') return process.execPath;
+    if (a.startsWith('./') || a.startsWith('../') || (!path.isAbsolute(a) && /[/\\]/.test(a) && fs.existsSync(path.join(cfg.baseDir, a)))) {
+      return path.resolve(cfg.baseDir, a);
+    }
+    return a;
+  });
+}

@@ -1,0 +1,170 @@
+/**
+ * The documented shape of temporal.yaml. Parsed once (load.ts), then compiled to a form with
+ * durations in ms and absolute paths. Every object is strict: a typo in a key is an error, never
+ * silently ignored.
+ */
+import { z } from 'zod';
+import { parseDuration } from '../duration';
+import { parseSchedule } from '../cron';
+import { NAME_HINT, NAME_RE } from '../names';
+import { ParamSpecSchema } from '../params';
+
+const duration = (what: string) =>
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const ms = parseDuration(v);
+    if (ms === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `${JSON.stringify(v)} is not a valid ${what} (use a non-negative duration like "500ms", "10s", "5m", "6h", "1d")`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const name = z.string().regex(NAME_RE, { message: `invalid name: ${NAME_HINT}` });
+const port = z.number().int().min(0).max(65535);
+
+export const ServerSchema = z.strictObject({
+  /** host:port of an existing cluster. Empty: `kiln dev` starts a local dev server. */
+  address: z.string().default('').describe('host:port of an existing Temporal cluster; empty starts a dev server'),
+  namespace: z.string().min(1).default('default'),
+  tls: z
+    .strictObject({
+      cert: z.string().optional(),
+      key: z.string().optional(),
+      ca: z.string().optional(),
+      serverName: z.string().optional(),
+    })
+    .optional(),
+  /** API key for Temporal Cloud; use `${TEMPORAL_API_KEY}`, never a literal. */
+  apiKey: z.string().optional(),
+});
+
+export const DevSchema = z.strictObject({
+  port: port.default(7233),
+  uiPort: port.default(8233),
+  metricsPort: port.default(0).describe('dev server metrics port; 0 picks none'),
+  ip: z.string().default('127.0.0.1'),
+  dbFile: z.string().default('temporal.sqlite').describe('relative to the state folder'),
+});
+
+export const PoolSchema = z.strictObject({
+  /** `auto` asks nvidia-smi; a list pins device ids. With no GPU, `slots` CPU slots are used. */
+  devices: z.union([z.literal('auto'), z.array(z.union([z.number().int().min(0), z.string().regex(/^[A-Za-z0-9:-]+$/)])).min(1)]).default('auto'),
+  /** Concurrent jobs on one worker of this pool when `devices` is auto and no GPU is found. */
+  slots: z.number().int().min(1).max(256).default(1),
+  metricsPort: port.default(9465),
+});
+
+export const WorkersSchema = z.strictObject({
+  control: z.strictObject({ metricsPort: port.default(9464) }).prefault({}),
+  pools: z.record(name, PoolSchema).default({ gpu: PoolSchema.parse({}) }),
+  /** How often a running trainer's progress is signalled to its workflow (heartbeats are faster). */
+  progressInterval: duration('progress interval').default(5000),
+});
+
+export const TrainerSchema = z.strictObject({
+  description: z.string().optional(),
+  /** argv, spawned without a shell. Relative paths resolve against the config file's folder. */
+  command: z.array(z.string().min(1)).min(1),
+  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
+  params: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), ParamSpecSchema).default({}),
+  evaluate: z
+    .strictObject({
+      /** Run this command after training; without it, Kiln uses the validation metrics the trainer emitted. */
+      command: z.array(z.string().min(1)).min(1).optional(),
+      queue: z.enum(['control', 'gpu']).default('control'),
+      timeout: duration('evaluate timeout').default(600_000),
+    })
+    .prefault({}),
+});
+
+const schedule = z.string().superRefine((v, ctx) => {
+  const parsed = parseSchedule(v);
+  if ('error' in parsed) ctx.addIssue({ code: 'custom', message: parsed.error });
+});
+
+export const RetrainSchema = z.strictObject({
+  schedule: z.union([schedule, z.array(schedule).min(1)]),
+  timezone: z.string().optional(),
+  jitter: duration('jitter').default(0),
+  /** Small by default, so a long outage does not launch a backlog storm. */
+  catchupWindow: duration('catchup window').default(60_000),
+  pauseOnFailure: z.boolean().default(false),
+  /** Cooldown between trainings of the same model. */
+  minInterval: duration('min interval').default(0),
+  when: z
+    .strictObject({
+      dataChanged: z.boolean().default(true),
+      maxAge: duration('max age').optional(),
+      always: z.boolean().default(false),
+    })
+    .prefault({}),
+  paused: z.boolean().default(false),
+});
+
+export const PromotionSchema = z.strictObject({
+  metric: z.string().min(1),
+  direction: z.enum(['min', 'max']),
+  minImprovement: z.number().min(0).default(0),
+  improvementKind: z.enum(['absolute', 'relative']).default('absolute'),
+  mode: z.enum(['auto', 'approval']).default('auto'),
+  approvalTimeout: duration('approval timeout').default(86_400_000),
+});
+
+export const RetentionSchema = z.strictObject({
+  keepLatest: z.number().int().min(1).default(2),
+  keepBest: z.number().int().min(0).default(1),
+  metric: z.string().default('loss'),
+  direction: z.enum(['min', 'max']).default('min'),
+});
+
+export const TimeoutsSchema = z.strictObject({
+  heartbeat: duration('heartbeat timeout').default(10_000),
+  stall: duration('stall timeout').default(120_000),
+  startToClose: duration('start-to-close timeout').default(7 * 86_400_000),
+  cancelGrace: duration('cancel grace').default(10_000),
+  /** Attempts of the train activity before the job fails. */
+  maxAttempts: z.number().int().min(1).max(100).default(5),
+});
+
+export const ModelSchema = z.strictObject({
+  description: z.string().optional(),
+  trainer: name,
+  /** A path (file or folder, fingerprinted by content) or an opaque dataset URI (fingerprinted by text). */
+  dataset: z.string().min(1),
+  params: z.record(z.string(), z.unknown()).default({}),
+  pool: name.default('gpu'),
+  gpus: z.number().int().min(0).max(64).default(1),
+  requiredMetrics: z.array(z.string()).default([]),
+  promotion: PromotionSchema.optional(),
+  retrain: RetrainSchema.optional(),
+  retention: RetentionSchema.partial().optional(),
+  timeouts: TimeoutsSchema.partial().optional(),
+});
+
+export const ConfigSchema = z.strictObject({
+  version: z.literal(1).default(1),
+  server: ServerSchema.prefault({}),
+  dev: DevSchema.prefault({}),
+  /** State folder; KILN_HOME overrides it. Relative to the config file's folder. */
+  state: z.strictObject({ home: z.string().default('.kiln') }).prefault({}),
+  workers: WorkersSchema.prefault({}),
+  trainers: z.record(name, TrainerSchema).default({}),
+  models: z.record(name, ModelSchema).default({}),
+  artifacts: z.strictObject({ root: z.string().default('') }).prefault({}).describe('empty: <state>/artifacts'),
+  retention: RetentionSchema.prefault({}),
+  timeouts: TimeoutsSchema.prefault({}),
+  logging: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info') }).prefault({}),
+});
+
+export type RawConfig = z.input<typeof ConfigSchema>;
+export type ParsedConfig = z.output<typeof ConfigSchema>;
+export type TrainerConfig = z.output<typeof TrainerSchema>;
+export type ModelConfig = z.output<typeof ModelSchema>;
+export type RetentionConfig = z.output<typeof RetentionSchema>;
+export type TimeoutsConfig = z.output<typeof TimeoutsSchema>;
+export type PromotionConfig = z.output<typeof PromotionSchema>;
+export type RetrainConfig = z.output<typeof RetrainSchema>;
+export type PoolConfig = z.output<typeof PoolSchema>;

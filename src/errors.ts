@@ -1,0 +1,45 @@
+/**
+ * Failure types Kiln uses as `ApplicationFailure.type`, in one place. Workflow-safe.
+ * Non-retryable ones are listed in every activity's retry policy.
+ */
+export const ErrorType = {
+  /** The job spec or its params are invalid: fix the spec, retrying cannot help. */
+  InvalidJobSpec: 'InvalidJobSpec',
+  /** The trainer exited 2: it rejected its params. */
+  InvalidParams: 'InvalidParams',
+  /** The trainer exited non-zero or died by a signal: retryable. */
+  TrainerFailed: 'TrainerFailed',
+  /** The trainer lived but its step did not advance for the stall timeout: retryable. */
+  TrainerStalled: 'TrainerStalled',
+  /** Config on the worker cannot run this job (unknown trainer, bad command): not retryable here. */
+  WorkerConfig: 'WorkerConfig',
+  /** A newer attempt of the same job owns the work dir: this one stopped itself. */
+  AttemptSuperseded: 'AttemptSuperseded',
+  /** The job ended in a failure after all retries. */
+  TrainingFailed: 'TrainingFailed',
+  /** Registry refused an operation (unknown version, incomplete version). */
+  RegistryRefused: 'RegistryRefused',
+} as const;
+
+export const NON_RETRYABLE_TYPES = [
+  ErrorType.InvalidJobSpec,
+  ErrorType.InvalidParams,
+  ErrorType.WorkerConfig,
+  ErrorType.RegistryRefused,
+];
+
+/** Thrown when temporal.yaml (or a job spec) is invalid; `problems` lists every issue by path. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly source: string,
+    readonly problems: readonly string[],
+  ) {
+    super(`${source} is invalid:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+}
+
+/** Thrown when a CLI argument is wrong; the message says what to type instead. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}

@@ -1,0 +1,56 @@
+/**
+ * Shared worker setup: config, logger, runtime, connection, client, registry.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Client } from '@temporalio/client';
+import type { NativeConnection } from '@temporalio/worker';
+import { loadConfig, resolveCommand, type KilnConfig } from '../src/config/load';
+import { createLogger, type Logger } from '../src/logger';
+import { SqliteModelRegistry } from '../src/registry/sqlite';
+import type { ModelRegistry } from '../src/registry/types';
+import { connectNative } from '../src/temporal/connect';
+import type { CommonDeps } from '../activities/deps';
+
+/** The prebuilt workflow bundle (npm run build), so workers start without webpack; else the source path. */
+export function workflowSource(): { workflowBundle: { codePath: string } } | { workflowsPath: string } {
+  const bundle = path.resolve(__dirname, '..', 'workflow-bundle.js');
+  const entry = require.resolve('../workflows');
+  if (fs.existsSync(bundle) && fs.statSync(bundle).mtimeMs >= fs.statSync(entry).mtimeMs) return { workflowBundle: { codePath: bundle } };
+  return { workflowsPath: entry };
+}
+
+export function registryPath(config: KilnConfig): string {
+  return path.join(config.home, 'registry.sqlite');
+}
+
+export function lazyRegistry(config: KilnConfig): () => ModelRegistry {
+  let reg: ModelRegistry | undefined;
+  return () => (reg ??= new SqliteModelRegistry(registryPath(config)));
+}
+
+export interface WorkerBase {
+  config: KilnConfig;
+  log: Logger;
+  connection: NativeConnection;
+  deps: CommonDeps;
+}
+
+export async function workerBase(config: KilnConfig, log: Logger, role: string): Promise<WorkerBase> {
+  const connection = await connectNative(config);
+  const client = new Client({ connection, namespace: config.server.namespace });
+  const deps: CommonDeps = {
+    config,
+    log,
+    client,
+    workerId: `${os.hostname()}:${process.pid}:${role}`,
+    registry: lazyRegistry(config),
+    trainerArgv: (cmd) => resolveCommand(config, cmd),
+  };
+  return { config, log, connection, deps };
+}
+
+export function loadWorkerConfig(file?: string): KilnConfig {
+  return loadConfig(file);
+}

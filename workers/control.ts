@@ -1,0 +1,37 @@
+/**
+ * The control worker: TrainingJob/RetrainModel workflows and light activities on `kiln-control`.
+ * Entry point of `kiln worker control` (a systemd unit or k8s pod in production).
+ */
+import { Worker } from '@temporalio/worker';
+import { createControlActivities } from '../activities';
+import type { RegistryHooks } from '../activities/registry';
+import { TASK_QUEUE_CONTROL } from '../src/defs';
+import type { KilnConfig } from '../src/config/load';
+import type { Logger } from '../src/logger';
+import { workerBase, workflowSource } from './common';
+
+export interface ControlWorkerOptions {
+  config: KilnConfig;
+  log: Logger;
+  taskQueue?: string;
+  hooks?: RegistryHooks;
+}
+
+export async function createControlWorker(o: ControlWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
+  const base = await workerBase(o.config, o.log, 'control');
+  const worker = await Worker.create({
+    connection: base.connection,
+    namespace: o.config.server.namespace,
+    taskQueue: o.taskQueue ?? TASK_QUEUE_CONTROL,
+    identity: base.deps.workerId,
+    ...workflowSource(),
+    activities: createControlActivities(base.deps, o.hooks),
+    maxConcurrentActivityTaskExecutions: 20,
+  });
+  return {
+    worker,
+    close: async () => {
+      await base.connection.close();
+    },
+  };
+}

@@ -1,0 +1,78 @@
+/**
+ * A GPU pool worker: the `train` and `evaluate` activities on `kiln-gpu-<pool>`, one concurrent job
+ * per slot. Entry point of `kiln worker gpu --pool P`.
+ */
+import { Runtime, Worker } from '@temporalio/worker';
+import { createGpuActivities, noMetrics, type GpuDeps } from '../activities';
+import { gpuTaskQueue } from '../src/defs';
+import type { KilnConfig } from '../src/config/load';
+import type { Logger } from '../src/logger';
+import { detectGpus, GpuLeases, sampleGpus } from '../src/supervisor/gpu';
+import { reapOrphans } from '../src/supervisor/pidfiles';
+import { workerBase } from './common';
+import { createKilnMetrics } from './metrics';
+
+export interface GpuWorkerOptions {
+  config: KilnConfig;
+  log: Logger;
+  pool: string;
+  /** Override the pool's slots (tests, load benchmarks). */
+  slots?: number;
+  taskQueue?: string;
+  withMetrics?: boolean;
+  onTrainerStarted?: GpuDeps['onTrainerStarted'];
+}
+
+export async function resolveDevices(config: KilnConfig, pool: string, slotsOverride?: number): Promise<{ devices: string[]; slots: number }> {
+  const p = config.workers.pools[pool];
+  if (!p) throw new Error(`unknown pool "${pool}" (defined pools: ${Object.keys(config.workers.pools).join(', ')})`);
+  const devices = p.devices === 'auto' ? await detectGpus() : p.devices.map(String);
+  const slots = slotsOverride ?? (devices.length > 0 ? devices.length : p.slots);
+  return { devices, slots };
+}
+
+export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void>; leases: GpuLeases }> {
+  const { devices, slots } = await resolveDevices(o.config, o.pool, o.slots);
+  const killed = await reapOrphans(o.config.home, (msg, extra) => o.log.warn(extra, msg));
+  if (killed.length) o.log.warn({ count: killed.length }, 'killed trainers orphaned by a crashed worker on this host');
+  const base = await workerBase(o.config, o.log, `gpu-${o.pool}`);
+  const leases = new GpuLeases(devices, slots);
+  const metrics = o.withMetrics ? createKilnMetrics(Runtime.instance(), o.pool, slots) : noMetrics;
+  const deps: GpuDeps = {
+    ...base.deps,
+    pool: o.pool,
+    gpus: leases,
+    metrics,
+    sampleGpus,
+    isPinned: (p) => {
+      try {
+        return base.deps.registry().isPinned(p);
+      } catch {
+        // Without a readable registry, keep everything rather than delete a registered checkpoint.
+        return true;
+      }
+    },
+    onTrainerStarted: o.onTrainerStarted,
+  };
+  o.log.info({ pool: o.pool, devices, slots }, devices.length ? 'GPU pool' : 'no GPU found (nvidia-smi absent or empty): running on CPU slots');
+  const worker = await Worker.create({
+    connection: base.connection,
+    namespace: o.config.server.namespace,
+    taskQueue: o.taskQueue ?? gpuTaskQueue(o.pool),
+    identity: base.deps.workerId,
+    activities: createGpuActivities(deps),
+    maxConcurrentActivityTaskExecutions: slots,
+    // Cancellation reaches an activity only in a heartbeat response: keep the throttle short.
+    maxHeartbeatThrottleInterval: '500ms',
+    defaultHeartbeatThrottleInterval: '500ms',
+    // Room for trainers to checkpoint on SIGTERM before the worker exits.
+    shutdownGraceTime: o.config.timeouts.cancelGrace + 5000,
+  });
+  return {
+    worker,
+    leases,
+    close: async () => {
+      await base.connection.close();
+    },
+  };
+}

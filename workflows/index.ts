@@ -1,0 +1,1 @@
+export { TrainingJob } from './trainingJob';
