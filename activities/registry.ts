@@ -116,6 +116,12 @@ export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks 
       }
     },
 
+    /** Cancels a workflow as a client would (`temporal workflow cancel`); used by the cancel signal. */
+    async requestCancellation(r: { workflowId: string; runId: string; reason: string }): Promise<void> {
+      deps.log.info({ jobId: r.workflowId, reason: r.reason }, 'cancel signal: requesting cancellation');
+      await deps.client.workflow.getHandle(r.workflowId, r.runId).cancel();
+    },
+
     async recordJobEnd(e: { prepared: PreparedJob; outcome: string; reason: string }): Promise<void> {
       deps.log.info({ jobId: e.prepared.jobId, model: e.prepared.spec.model, outcome: e.outcome, reason: e.reason }, 'job ended');
     },

@@ -179,6 +179,8 @@ export interface JobSummary {
     cancellation_reason: string | null;
     failure: string | null;
     resumed_from_steps: number[];
+    /** The final attempt's resume: the checkpoint step it started from and the first step it reported. */
+    resume: { from_step: number; first_step: number | null } | null;
   };
 }
 

@@ -12,7 +12,6 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
-  getExternalWorkflowHandle,
   isCancellation,
   proxyActivities,
   setCurrentDetails,
@@ -32,7 +31,6 @@ import {
   reportSignal,
   resumeSignal,
   statusQuery,
-  TASK_QUEUE_CONTROL,
   type ApprovalInput,
   type JobProgress,
 } from '../src/defs';
@@ -44,8 +42,9 @@ import { KilnPhase } from '../src/searchAttributes';
 
 type Activities = ReturnType<typeof activities.createControlActivities> & ReturnType<typeof activities.createGpuActivities>;
 
+// No taskQueue: control activities run on the workflow's own queue (kiln-control in production,
+// a unique queue per test).
 const control = proxyActivities<Activities>({
-  taskQueue: TASK_QUEUE_CONTROL,
   startToCloseTimeout: '2m',
   retry: { maximumAttempts: 10, initialInterval: '1s', maximumInterval: '20s', nonRetryableErrorTypes: NON_RETRYABLE_TYPES },
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -141,8 +140,9 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
     if (summary || cancelReason !== null) return;
     cancelReason = arg?.reason?.trim() || 'cancelled by signal';
     // Turn the signal into a real cancellation request, so both paths end the same way: the run
-    // closes as Canceled in the UI and visibility, after the trainer is really gone.
-    await getExternalWorkflowHandle(info.workflowId, info.runId).cancel();
+    // closes as Canceled in the UI and visibility, after the trainer is really gone. The server
+    // refuses a workflow's request to cancel itself, so a control activity asks as a client.
+    await control.requestCancellation({ workflowId: info.workflowId, runId: info.runId, reason: cancelReason });
   });
   setHandler(pauseSignal, () => {
     if (phase !== 'training' || !trainScope) return;
@@ -181,6 +181,7 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
       cancellation_reason: cancelReason,
       failure,
       resumed_from_steps: resumedFromSteps,
+      resume: train?.resumedFrom ? { from_step: train.resumedFrom.step, first_step: train.firstStep } : null,
     },
   });
   const finish = (s: JobSummary): void => {
@@ -252,7 +253,7 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
 
     setPhase('evaluating');
     const evalResult = await (p.evaluate.queue === 'gpu' ? gpu : control).evaluate.executeWithOptions(
-      { ...evaluateOptions(p, p.evaluate.queue === 'gpu' ? gpuTaskQueue(spec.pool) : TASK_QUEUE_CONTROL), summary: `evaluate ${spec.model}` },
+      { ...evaluateOptions(p, p.evaluate.queue === 'gpu' ? gpuTaskQueue(spec.pool) : info.taskQueue), summary: `evaluate ${spec.model}` },
       [{ prepared: p, train }],
     );
     validation = { ...validation, ...evalResult.metrics };
@@ -325,7 +326,6 @@ function evaluateOptions(p: PreparedJob, taskQueue: string): ActivityOptions {
 
 function controlOptions(): ActivityOptions {
   return {
-    taskQueue: TASK_QUEUE_CONTROL,
     startToCloseTimeout: '2m',
     retry: { maximumAttempts: 10, initialInterval: '1s', maximumInterval: '20s', nonRetryableErrorTypes: NON_RETRYABLE_TYPES },
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
