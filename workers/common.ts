@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import { loadConfig, resolveCommand, type KilnConfig } from '../src/config/load';
-import { createLogger, type Logger } from '../src/logger';
+import type { Logger } from '../src/logger';
 import { SqliteModelRegistry } from '../src/registry/sqlite';
 import type { ModelRegistry } from '../src/registry/types';
 import { connectNative } from '../src/temporal/connect';
