@@ -7,6 +7,7 @@ import type { CommonDeps, GpuDeps } from './deps';
 import { createEvaluate } from './evaluate';
 import { createPrepareJob } from './prepare';
 import { createRegistryActivities, type RegistryHooks } from './registry';
+import { createRetrainActivities } from './retrain';
 import { createTrain } from './train';
 
 export function createControlActivities(deps: CommonDeps, hooks: RegistryHooks = {}) {
@@ -14,6 +15,7 @@ export function createControlActivities(deps: CommonDeps, hooks: RegistryHooks =
     prepareJob: createPrepareJob(deps),
     evaluate: createEvaluate(deps),
     ...createRegistryActivities(deps, hooks),
+    ...createRetrainActivities(deps),
   };
 }
 

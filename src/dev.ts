@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { KilnConfig } from './config/load';
 import type { Logger } from './logger';
+import { syncSchedules, syncSummary } from './schedules';
 import { resolveTemporalBinary } from './temporal/binary';
 import { connectClient, serverAddress } from './temporal/connect';
 import { startDevServer, stopProcessGroup, type DevServer } from './temporal/devServer';
@@ -90,6 +91,12 @@ export async function runDev(o: DevOptions): Promise<void> {
     try {
       const added = await ensureSearchAttributes(client, config.server.namespace);
       if (added.length) log.info({ added }, 'registered search attributes');
+      try {
+        const synced = await syncSchedules(client, config);
+        log.info({ created: synced.created, updated: synced.updated, deleted: synced.deleted, unchanged: synced.unchanged.length, conflicts: synced.conflicts }, syncSummary(synced));
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'retrain schedules sync failed (run kiln schedules sync to retry)');
+      }
     } finally {
       await client.connection.close();
     }

