@@ -2,6 +2,7 @@
  * `evaluate`: runs the trainer's evaluation command on the held-out split, or takes the validation
  * metrics the trainer already emitted. Registered on the control worker and on GPU workers.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
@@ -19,6 +20,15 @@ export interface EvaluateInput {
 export interface EvaluateResult {
   metrics: Record<string, number>;
   source: 'command' | 'training';
+}
+
+function tail(file: string, lines = 20): string {
+  try {
+    const text = fs.readFileSync(file, 'utf8');
+    return text.slice(-16 * 1024).split('\n').slice(-lines - 1).join('\n').trim();
+  } catch {
+    return '';
+  }
 }
 
 export function createEvaluate(deps: CommonDeps) {
@@ -57,7 +67,7 @@ export function createEvaluate(deps: CommonDeps) {
         if (e.type === 'metrics') Object.assign(metrics, e.values);
         ctx.heartbeat();
       },
-      onMalformed: () => undefined,
+      onMalformed: (line, why) => deps.log.warn({ jobId: p.jobId, line: line.slice(0, 200), why }, 'evaluate: malformed trainer event ignored'),
     });
     let cancelled = false;
     ctx.cancelled.catch(() => {
@@ -67,7 +77,14 @@ export function createEvaluate(deps: CommonDeps) {
     const ticker = setInterval(() => ctx.heartbeat(), 500);
     const code = await handle.exited.finally(() => clearInterval(ticker));
     if (cancelled) throw new CancelledFailure('evaluation cancelled');
-    if (code !== 0) throw ApplicationFailure.retryable(`evaluation command exited with code ${code}`, ErrorType.TrainerFailed);
+    // Exit 2 means the command rejected its input (protocol): retrying cannot help.
+    if (code === 2) {
+      throw ApplicationFailure.nonRetryable(`evaluation command rejected its input (exit 2); see ${logFile}:\n${tail(logFile)}`, ErrorType.InvalidParams, { exitCode: code });
+    }
+    if (code !== 0) {
+      throw ApplicationFailure.retryable(`evaluation command exited with code ${code}; see ${logFile}:\n${tail(logFile)}`, ErrorType.TrainerFailed, { exitCode: code });
+    }
+    deps.log.info({ jobId: p.jobId, metrics }, 'evaluation finished');
     return { metrics, source: 'command' };
   };
 }

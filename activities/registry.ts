@@ -30,9 +30,23 @@ export interface RegisterVersionResult {
 export interface ResolveApprovalInput {
   model: string;
   version: number;
-  verdict: 'approved' | 'rejected' | 'timeout';
+  /** `cancelled`: the job was cancelled while it waited; the version stays a candidate. */
+  verdict: 'approved' | 'rejected' | 'timeout' | 'cancelled';
   by: string | null;
   note: string;
+  /** registerVersion's decision ("eligible for promotion (approval required): …"), kept in the recorded reason. */
+  eligibility?: string;
+  timeoutMs?: number;
+}
+
+const ELIGIBLE_PREFIX = /^eligible for promotion \(approval required\):\s*/;
+
+function formatMs(ms: number): string {
+  if (ms % 86_400_000 === 0) return `${ms / 86_400_000}d`;
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
 }
 
 function refuse(err: unknown): never {
@@ -43,6 +57,8 @@ function refuse(err: unknown): never {
 export interface RegistryHooks {
   /** Test hook: throw after the registry write on these attempts (proves idempotency under retries). */
   failAfterRegisterOnAttempts?: number[];
+  /** Limits failAfterRegisterOnAttempts to these models; default: every model. */
+  failAfterRegisterModels?: string[];
 }
 
 export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks = {}) {
@@ -70,7 +86,7 @@ export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks 
         refuse(err);
       }
       const attempt = Context.current().info.attempt;
-      if (hooks.failAfterRegisterOnAttempts?.includes(attempt)) {
+      if (hooks.failAfterRegisterOnAttempts?.includes(attempt) && (!hooks.failAfterRegisterModels || hooks.failAfterRegisterModels.includes(p.spec.model))) {
         throw new Error(`injected fault: failing registerVersion after the write (attempt ${attempt})`);
       }
       // A retry after the decision was recorded returns that decision instead of deciding again.
@@ -80,6 +96,7 @@ export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks 
       }
       if (!v.complete) {
         const reason = `not promotable: incomplete, missing required metrics ${v.missingMetrics.join(', ')}`;
+        deps.log.warn({ jobId: p.jobId, model: v.model, version: v.version, missing: v.missingMetrics, metrics: Object.keys(metrics) }, `registered ${v.model} v${v.version} as INCOMPLETE: ${reason}`);
         reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason });
         return { version: v.version, created, stage: v.stage, complete: false, missingMetrics: v.missingMetrics, decision: reason, awaitingApproval: false };
       }
@@ -102,15 +119,23 @@ export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks 
 
     async resolveApproval(a: ResolveApprovalInput): Promise<{ stage: string; decision: string }> {
       const reg = deps.registry();
+      const why = a.eligibility ? a.eligibility.replace(ELIGIBLE_PREFIX, '') : '';
+      const who = `${a.by ?? 'unknown'}${a.note ? ` (${a.note})` : ''}`;
       try {
         if (a.verdict === 'approved') {
-          const reason = `approved by ${a.by ?? 'unknown'}${a.note ? `: ${a.note}` : ''}`;
+          const reason = `approved by ${who}${why ? `: ${why}` : ''}`;
           const v = reg.promote(a.model, a.version, { reason, by: a.by, kind: 'approved' });
           return { stage: v.stage, decision: `promoted: ${reason}` };
         }
-        const reason = a.verdict === 'rejected' ? `rejected by ${a.by ?? 'unknown'}${a.note ? `: ${a.note}` : ''}` : 'approval timed out: kept as candidate';
-        const v = reg.recordDecision(a.model, a.version, { kind: a.verdict === 'rejected' ? 'rejected' : 'kept-candidate', reason, by: a.by });
-        return { stage: v.stage, decision: reason };
+        const reason =
+          a.verdict === 'rejected'
+            ? `rejected by ${who}: kept as candidate`
+            : a.verdict === 'timeout'
+              ? `approval timed out${a.timeoutMs !== undefined ? ` after ${formatMs(a.timeoutMs)}` : ''}: kept as candidate`
+              : 'job cancelled while awaiting approval: kept as candidate';
+        const full = why ? `${reason} (was eligible: ${why})` : reason;
+        const v = reg.recordDecision(a.model, a.version, { kind: a.verdict === 'rejected' ? 'rejected' : 'kept-candidate', reason: full, by: a.by });
+        return { stage: v.stage, decision: full };
       } catch (err) {
         refuse(err);
       }

@@ -78,7 +78,11 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
   // Read through a function: signal handlers assign it, which TypeScript's narrowing cannot see.
   const currentCheckpoint = (): CheckpointRef | null => lastCheckpoint;
   const line = (): string => {
-    if (summary) return `${summary.outcome}${summary.registry.version ? ` · v${summary.registry.version} ${summary.registry.stage}` : ''}`;
+    if (summary) {
+      const r = summary.registry;
+      const incomplete = r.complete === false ? ` INCOMPLETE (missing ${r.missing_metrics.join(', ')}), not promotable` : '';
+      return `${summary.outcome}${r.version ? ` · v${r.version} ${r.stage}${incomplete}` : ''}`;
+    }
     if (phase === 'paused') return `paused at step ${lastCheckpoint?.step ?? latest?.step ?? 0} (resume with the resume signal)`;
     if (latest && phase === 'training') return progressLine(latest, formatDuration);
     return phase;
@@ -191,6 +195,8 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
   };
 
   let prepared: PreparedJob | null = null;
+  // Set once a version exists, so a job cancelled while awaiting approval still reports it.
+  let registered: JobSummary['registry'] | null = null;
   try {
     setPhase('preparing');
     prepared = await control.prepareJob(spec, info.workflowId);
@@ -262,12 +268,26 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
     const reg = await control.registerVersion.executeWithOptions({ ...controlOptions(), summary: `register ${spec.model}` }, [
       { prepared: p, train, validation, runId: info.runId },
     ]);
-    let decision = reg.decision;
-    let stage = reg.stage;
+    registered = { version: reg.version, stage: reg.stage, complete: reg.complete, missing_metrics: reg.missingMetrics, decision: reg.decision };
     if (reg.awaitingApproval && p.promotion) {
       setPhase('awaiting-approval');
       setCurrentDetails(`awaiting approval of ${spec.model} v${reg.version}: ${reg.decision} (signal approve or reject)`);
-      const decided = await condition(() => approval !== null, p.promotion.approvalTimeoutMs);
+      const timeoutMs = p.promotion.approvalTimeoutMs;
+      let decided: boolean;
+      try {
+        decided = await condition(() => approval !== null, timeoutMs);
+      } catch (err) {
+        // A cancelled wait is a decision too: record it on the version before the job ends.
+        if (isCancellation(err)) {
+          await CancellationScope.nonCancellable(async () => {
+            const outcome = await control
+              .resolveApproval({ model: spec.model, version: reg.version, verdict: 'cancelled', by: null, note: cancelReason ?? '', eligibility: reg.decision })
+              .catch(() => null);
+            if (outcome && registered) registered = { ...registered, stage: outcome.stage, decision: outcome.decision };
+          });
+        }
+        throw err;
+      }
       const a = approval as { approved: boolean; by: string; note: string } | null;
       const outcome = await control.resolveApproval({
         model: spec.model,
@@ -275,18 +295,19 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
         verdict: !decided || !a ? 'timeout' : a.approved ? 'approved' : 'rejected',
         by: a?.by ?? null,
         note: a?.note ?? '',
+        eligibility: reg.decision,
+        timeoutMs,
       });
-      decision = outcome.decision;
-      stage = outcome.stage;
+      registered = { ...registered, stage: outcome.stage, decision: outcome.decision };
     }
-    const s = buildSummary('completed', train, { version: reg.version, stage, complete: reg.complete, missing_metrics: reg.missingMetrics, decision }, null);
+    const s = buildSummary('completed', train, registered, null);
     finish(s);
     return s;
   } catch (err) {
     if (isCancellation(err)) {
       cancelReason ??= 'cancelled (temporal workflow cancel)';
       await CancellationScope.nonCancellable(async () => {
-        finish(buildSummary('cancelled', null, null, null));
+        finish(buildSummary('cancelled', null, registered, null));
         if (prepared) await control.recordJobEnd({ prepared, outcome: 'cancelled', reason: cancelReason ?? '' }).catch(() => undefined);
       });
       throw err;

