@@ -7,6 +7,7 @@ import { ConfigError, UsageError } from '../errors';
 import { createLogger, type Logger } from '../logger';
 import { resolveTemporalBinary, TemporalBinaryNotFound } from '../temporal/binary';
 import { bool, parseArgs, str } from './args';
+import { doctorVerb } from './doctor';
 import { jobVerbs } from './jobs';
 import { modelVerbs } from './models';
 import { scheduleVerbs } from './schedules';

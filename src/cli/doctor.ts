@@ -1,0 +1,298 @@
+/**
+ * `kiln doctor`: checks what a working Kiln needs and says how to fix each failure. Every check
+ * asks the real thing (the server, the task queues, nvidia-smi, the file system); nothing is assumed.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Client } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import type { KilnConfig } from '../config/load';
+import { gpuTaskQueue, TASK_QUEUE_CONTROL } from '../defs';
+import { ConfigError } from '../errors';
+import { KILN_SEARCH_ATTRIBUTES } from '../searchAttributes';
+import { detectGpus } from '../supervisor/gpu';
+import { connectClient, serverAddress } from '../temporal/connect';
+import { bool, parseArgs, str } from './args';
+import type { CliContext, Verb } from './main';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
+
+export interface Check {
+  id: string;
+  title: string;
+  status: CheckStatus;
+  detail: string;
+  /** What to do about a failure or warning. */
+  hint?: string;
+}
+
+export interface DoctorReport {
+  ok: boolean;
+  checks: Check[];
+}
+
+const { TaskQueueType, IndexedValueType } = temporal.api.enums.v1;
+
+/** A poller the server saw longer ago than this is a worker that is gone (a live long poll renews within ~70 s). */
+const POLLER_STALE_MS = 2 * 60_000;
+
+function tsMs(t: { seconds?: unknown; nanos?: number | null } | null | undefined): number | null {
+  if (!t?.seconds) return null;
+  return Number(t.seconds) * 1000 + Math.floor((t.nanos ?? 0) / 1e6);
+}
+
+function ago(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  return s < 120 ? `${s}s ago` : `${Math.round(s / 60)}m ago`;
+}
+
+function errText(err: unknown): string {
+  return String((err as Error)?.message ?? err).split('\n')[0]!;
+}
+
+function checkStateFolder(config: KilnConfig): Check[] {
+  const dirs = [
+    { id: 'state', title: 'state folder writable', dir: config.home, why: 'server DB, registry, pid files' },
+    { id: 'artifacts', title: 'artifacts folder writable', dir: config.artifactsRoot, why: 'checkpoints and trainer logs' },
+  ];
+  const seen = new Set<string>();
+  const out: Check[] = [];
+  for (const d of dirs) {
+    if (seen.has(d.dir)) continue;
+    seen.add(d.dir);
+    try {
+      fs.mkdirSync(d.dir, { recursive: true });
+      const probe = path.join(d.dir, `.kiln-doctor-${process.pid}`);
+      fs.writeFileSync(probe, 'ok');
+      fs.rmSync(probe);
+      out.push({ id: d.id, title: d.title, status: 'ok', detail: `${d.dir} (${d.why})` });
+    } catch (err) {
+      out.push({
+        id: d.id,
+        title: d.title,
+        status: 'fail',
+        detail: `${d.dir}: ${errText(err)}`,
+        hint:
+          d.id === 'state'
+            ? `make ${d.dir} writable by this user, or point KILN_HOME / state.home in ${path.basename(config.file)} at a writable folder`
+            : `make ${d.dir} writable, or set artifacts.root in ${path.basename(config.file)}`,
+      });
+    }
+  }
+  return out;
+}
+
+async function checkGpuSlots(config: KilnConfig): Promise<Check[]> {
+  const out: Check[] = [];
+  const pools = Object.entries(config.workers.pools);
+  const detected = pools.length ? await detectGpus() : [];
+  for (const [name, p] of pools) {
+    const devices = p.devices === 'auto' ? detected : p.devices.map(String);
+    const slots = devices.length > 0 ? devices.length : p.slots;
+    const where = p.devices === 'auto' ? (devices.length ? `nvidia-smi on this host found ${devices.length} GPU(s) [${devices.join(', ')}]` : 'no GPU found on this host (nvidia-smi absent or empty): CPU slots') : `pinned devices [${devices.join(', ')}]`;
+    const problems: string[] = [];
+    const hints: string[] = [];
+    for (const [model, m] of Object.entries(config.models)) {
+      if (m.pool !== name || devices.length === 0) continue;
+      if (m.gpus > devices.length) {
+        problems.push(`model ${model} asks for ${m.gpus} GPU(s), the pool has ${devices.length}`);
+        hints.push(`lower models.${model}.gpus to at most ${devices.length}, or add devices to workers.pools.${name}`);
+      }
+    }
+    let status: CheckStatus = problems.length ? 'fail' : 'ok';
+    if (!problems.length && p.devices !== 'auto' && detected.length) {
+      const missing = devices.filter((d) => !detected.includes(d));
+      if (missing.length) {
+        status = 'warn';
+        problems.push(`pinned device(s) ${missing.join(', ')} not reported by nvidia-smi on this host`);
+        hints.push(`check workers.pools.${name}.devices against \`nvidia-smi -L\` on the GPU hosts`);
+      }
+    }
+    out.push({
+      id: `slots:${name}`,
+      title: `GPU slots, pool ${name}`,
+      status,
+      detail: `${slots} slot(s) per worker; ${where}${problems.length ? `; ${problems.join('; ')}` : ''}`,
+      hint: hints.length ? hints.join('; ') : undefined,
+    });
+  }
+  return out;
+}
+
+async function checkServer(config: KilnConfig, client: Client): Promise<Check[]> {
+  const ns = config.server.namespace;
+  const address = serverAddress(config);
+  const out: Check[] = [];
+  try {
+    const d = await client.workflowService.describeNamespace({ namespace: ns });
+    out.push({ id: 'namespace', title: 'namespace exists', status: 'ok', detail: `${ns} (retention ${Number(d.config?.workflowExecutionRetentionTtl?.seconds ?? 0) / 86400} d)` });
+  } catch (err) {
+    out.push({
+      id: 'namespace',
+      title: 'namespace exists',
+      status: 'fail',
+      detail: `${ns}: ${errText(err)}`,
+      hint: `create it: temporal operator namespace create --namespace ${ns} --address ${address} (or set server.namespace / TEMPORAL_NAMESPACE to an existing one)`,
+    });
+    return out;
+  }
+  try {
+    const r = await client.connection.operatorService.listSearchAttributes({ namespace: ns });
+    const have = r.customAttributes ?? {};
+    const missing = KILN_SEARCH_ATTRIBUTES.filter((k) => have[k.name] === undefined).map((k) => k.name);
+    const wrongType = KILN_SEARCH_ATTRIBUTES.filter((k) => have[k.name] !== undefined && have[k.name] !== IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD).map((k) => k.name);
+    if (!missing.length && !wrongType.length) {
+      out.push({ id: 'search-attributes', title: 'search attributes registered', status: 'ok', detail: KILN_SEARCH_ATTRIBUTES.map((k) => `${k.name}=Keyword`).join(', ') });
+    } else {
+      out.push({
+        id: 'search-attributes',
+        title: 'search attributes registered',
+        status: 'fail',
+        detail: [missing.length ? `missing: ${missing.join(', ')}` : '', wrongType.length ? `not Keyword: ${wrongType.join(', ')}` : ''].filter(Boolean).join('; '),
+        hint: missing.length
+          ? `register them: ${missing.map((n) => `temporal operator search-attribute create --namespace ${ns} --address ${address} --name ${n} --type Keyword`).join(' && ')} (kiln dev does this on start)`
+          : `these names are taken with another type in namespace ${ns}; use a namespace of Kiln's own`,
+      });
+    }
+  } catch (err) {
+    out.push({ id: 'search-attributes', title: 'search attributes registered', status: 'fail', detail: errText(err), hint: 'the server refused listSearchAttributes: check that this client may use the operator API' });
+  }
+  return out;
+}
+
+async function checkPollers(config: KilnConfig, client: Client, controlQueue: string): Promise<Check[]> {
+  const ns = config.server.namespace;
+  const queues: Array<{ queue: string; types: Array<[number, string]>; fix: string }> = [
+    {
+      queue: controlQueue,
+      types: [
+        [TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, 'workflow'],
+        [TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, 'activity'],
+      ],
+      fix: 'start the control worker: kiln worker control (or kiln dev, which runs all workers)',
+    },
+    ...Object.keys(config.workers.pools).map((pool) => ({
+      queue: gpuTaskQueue(pool),
+      types: [[TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, 'activity']] as Array<[number, string]>,
+      fix: `start a worker for the pool on a GPU host: kiln worker gpu --pool ${pool} (or kiln dev)`,
+    })),
+  ];
+  const out: Check[] = [];
+  for (const q of queues) {
+    const parts: string[] = [];
+    const missing: string[] = [];
+    try {
+      for (const [type, label] of q.types) {
+        const r = await client.workflowService.describeTaskQueue({ namespace: ns, taskQueue: { name: q.queue, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL }, taskQueueType: type });
+        const now = Date.now();
+        const pollers = (r.pollers ?? []).map((p) => ({ identity: p.identity ?? '?', at: tsMs(p.lastAccessTime) }));
+        const live = pollers.filter((p) => p.at === null || now - p.at < POLLER_STALE_MS);
+        if (live.length === 0) {
+          missing.push(label);
+          parts.push(`${label}: no live poller${pollers.length ? ` (last seen ${pollers.map((p) => `${p.identity} ${p.at ? ago(now - p.at) : ''}`).join(', ')})` : ''}`);
+        } else {
+          parts.push(`${label}: ${live.length} poller(s) ${live.map((p) => p.identity).join(', ')}`);
+        }
+      }
+      out.push({
+        id: `pollers:${q.queue}`,
+        title: `workers polling ${q.queue}`,
+        status: missing.length ? 'fail' : 'ok',
+        detail: parts.join('; '),
+        hint: missing.length ? `no worker polls ${missing.join(' and ')} tasks on ${q.queue}: ${q.fix}` : undefined,
+      });
+    } catch (err) {
+      out.push({ id: `pollers:${q.queue}`, title: `workers polling ${q.queue}`, status: 'fail', detail: errText(err), hint: 'the server refused describeTaskQueue: check the namespace and permissions' });
+    }
+  }
+  return out;
+}
+
+export async function runDoctor(loadCfg: () => KilnConfig, o: { controlQueue?: string; connectTimeoutMs?: number } = {}): Promise<DoctorReport> {
+  const checks: Check[] = [];
+  let config: KilnConfig;
+  try {
+    config = loadCfg();
+    checks.push({
+      id: 'config',
+      title: 'temporal.yaml valid',
+      status: 'ok',
+      detail: `${config.file}: ${Object.keys(config.trainers).length} trainer(s), ${Object.keys(config.models).length} model(s), pools [${Object.keys(config.workers.pools).join(', ')}]`,
+    });
+  } catch (err) {
+    const problems = err instanceof ConfigError ? err.problems.join('; ') : errText(err);
+    checks.push({ id: 'config', title: 'temporal.yaml valid', status: 'fail', detail: problems, hint: 'fix each listed path (kiln config check shows them one per line), or pass --config / set KILN_CONFIG' });
+    checks.push({ id: 'rest', title: 'other checks', status: 'skip', detail: 'they need a valid config' });
+    return { ok: false, checks };
+  }
+  checks.push(...checkStateFolder(config));
+  checks.push(...(await checkGpuSlots(config)));
+
+  const address = serverAddress(config);
+  let client: Client | undefined;
+  try {
+    client = await connectClient(config, { connectTimeoutMs: o.connectTimeoutMs ?? 5000 });
+    await client.workflowService.getSystemInfo({});
+    checks.push({ id: 'server', title: 'server reachable', status: 'ok', detail: `${address}${config.server.tls || config.server.apiKey ? ' (TLS)' : ''}` });
+  } catch (err) {
+    checks.push({
+      id: 'server',
+      title: 'server reachable',
+      status: 'fail',
+      detail: `${address}: ${errText(err)}`,
+      hint: config.server.address
+        ? `check that the cluster at ${address} is up and reachable from here (server.address / TEMPORAL_ADDRESS), and its TLS / API key settings`
+        : `start the local stack with kiln dev (it serves ${address}), or set server.address / TEMPORAL_ADDRESS to your cluster`,
+    });
+    checks.push({ id: 'server-rest', title: 'namespace, search attributes, pollers', status: 'skip', detail: 'they need the server' });
+  }
+  if (client) {
+    try {
+      const server = await checkServer(config, client);
+      checks.push(...server);
+      if (server.some((c) => c.id === 'namespace' && c.status === 'ok')) checks.push(...(await checkPollers(config, client, o.controlQueue ?? TASK_QUEUE_CONTROL)));
+    } finally {
+      await client.connection.close();
+    }
+  }
+  return { ok: !checks.some((c) => c.status === 'fail'), checks };
+}
+
+const MARK: Record<CheckStatus, string> = { ok: '[ok]  ', warn: '[warn]', fail: '[FAIL]', skip: '[skip]' };
+
+export function renderDoctor(r: DoctorReport): string {
+  const width = Math.max(...r.checks.map((c) => c.title.length));
+  const lines: string[] = [];
+  for (const c of r.checks) {
+    lines.push(`${MARK[c.status]} ${c.title.padEnd(width)}  ${c.detail}`);
+    if (c.hint) lines.push(`       ${' '.repeat(width)}  fix: ${c.hint}`);
+  }
+  const failed = r.checks.filter((c) => c.status === 'fail').length;
+  const warned = r.checks.filter((c) => c.status === 'warn').length;
+  lines.push('', r.ok ? `all ${r.checks.length} checks passed${warned ? ` (${warned} warning(s))` : ''}` : `${failed} check(s) failed`);
+  return lines.join('\n');
+}
+
+async function doctor(ctx: CliContext): Promise<number> {
+  const p = parseArgs(ctx.argv, { json: { type: 'bool' }, 'control-queue': { type: 'string' } }, 'doctor');
+  const report = await runDoctor(ctx.config, { controlQueue: str(p, 'control-queue') });
+  ctx.out(bool(p, 'json') ? JSON.stringify(report) : renderDoctor(report));
+  return report.ok ? 0 : 1;
+}
+
+export const doctorVerb: Verb = {
+  summary: 'check server, namespace, search attributes, workers, GPU slots, config and state folder',
+  usage: `kiln doctor [--json] [--control-queue Q]
+
+Checks, each with a fix hint when it fails:
+  temporal.yaml valid; state and artifacts folders writable; GPU slots per pool (config + nvidia-smi);
+  server reachable; namespace exists; search attributes KilnModel/KilnPhase/KilnTrigger registered;
+  live pollers on ${TASK_QUEUE_CONTROL} (workflow + activity) and on kiln-gpu-<pool> for every pool.
+Exit code 0 when every check passes (warnings allowed), 1 when any fails.
+
+Examples:
+  kiln doctor
+  kiln doctor --json | jq '.checks[] | select(.status == "fail")'
+  TEMPORAL_ADDRESS=temporal.internal:7233 kiln doctor`,
+  run: doctor,
+};
