@@ -272,7 +272,8 @@ export function createTrain(deps: GpuDeps) {
       state.checkpointBytes = checkpoints.reduce((s, c) => s + diskBytes(c.path), 0);
       deps.metrics.checkpoints(jobId, checkpoints.length, state.checkpointBytes);
       heartbeat();
-      void signalWorkflow();
+      // Checkpoints are worth a signal (the workflow reports the last one), but not more than one a second.
+      if (Date.now() - lastSignal > 1000) void signalWorkflow();
     };
     const onEvent = (e: TrainerEvent) => {
       switch (e.type) {
@@ -374,7 +375,10 @@ export function createTrain(deps: GpuDeps) {
           state.gpu = g;
         });
       }
-      if (now - lastSignal > p.progressIntervalMs) void signalWorkflow();
+      // Progress signals become history events: their interval grows with the attempt's age
+      // (5 s at first, ~3 min after 10 h), so a week-long run stays far below the history limit.
+      // Heartbeats (every tick) keep the fast, unbounded view for `kiln status`.
+      if (now - lastSignal > Math.max(p.progressIntervalMs, (now - t0) / 200)) void signalWorkflow();
     }, TICK_MS);
 
     let code: number;
