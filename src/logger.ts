@@ -7,13 +7,33 @@ import pino, { type Logger } from 'pino';
 
 export type { Logger };
 
-const REDACT = [
-  'apiKey', '*.apiKey', '*.*.apiKey',
-  'tls.key', '*.tls.key', '*.*.tls.key',
-  'auth', '*.auth', '*.*.auth',
-  'authorization', '*.authorization', 'headers.authorization',
-  'password', '*.password', 'token', '*.token',
-];
+// pino's redact paths match one depth each, and a config or options object can be logged at any
+// depth ({ deps: { config: { server: { apiKey } } } }), so log objects are also scrubbed by key name.
+const SECRET_KEYS = new Set(['apiKey', 'TEMPORAL_API_KEY', 'auth', 'authorization', 'password', 'token', 'secret', 'clientSecret']);
+/** `key` is a secret under these parents: server.tls.key (a path) and clientCertPair.key (the contents). */
+const KEY_PARENTS = new Set(['tls', 'clientCertPair']);
+const CENSOR = '[redacted]';
+// Child bindings skip pino's formatters, so they also get pino's path-based redaction (four levels deep).
+const REDACT_PATHS = [...SECRET_KEYS, 'tls.key', 'clientCertPair.key'].flatMap((k) => [k, `*.${k}`, `*.*.${k}`, `*.*.*.${k}`]);
+
+function isPlain(v: unknown): v is Record<string, unknown> {
+  if (!v || typeof v !== 'object') return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+/** A copy of `v` with secret fields replaced; Errors, Buffers and class instances pass through untouched. */
+export function redactSecrets(v: unknown, parent = '', depth = 0): unknown {
+  if (typeof v === 'string') return v.includes('PRIVATE KEY-----') ? CENSOR : v;
+  if (depth > 12) return v;
+  if (Array.isArray(v)) return v.map((x) => redactSecrets(x, parent, depth + 1));
+  if (!isPlain(v)) return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) {
+    out[k] = SECRET_KEYS.has(k) || (k === 'key' && KEY_PARENTS.has(parent)) ? CENSOR : redactSecrets(x, k, depth + 1);
+  }
+  return out;
+}
 
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
 const SKIP = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'name', 'v']);
@@ -56,7 +76,8 @@ export function createLogger(opts: LoggerOptions): Logger {
     {
       name: opts.name,
       level: opts.level ?? process.env.KILN_LOG_LEVEL ?? 'info',
-      redact: { paths: REDACT, censor: '[redacted]' },
+      redact: { paths: REDACT_PATHS, censor: CENSOR },
+      formatters: { log: (o) => redactSecrets(o) as Record<string, unknown> },
       base: { pid: process.pid },
     },
     pretty ? prettyStream(dest) : (dest as pino.DestinationStream),
