@@ -15,7 +15,9 @@ const files = fs
   .sort()
   .map((f) => path.join(testDir, f));
 
-const concurrency = process.env.KILN_TEST_CONCURRENCY ?? '2';
+// Each test file starts its own dev server. Against one shared server (TEMPORAL_ADDRESS) files run one at
+// a time, because GPU task queues (kiln-gpu-<pool>) are shared there.
+const concurrency = process.env.KILN_TEST_CONCURRENCY ?? (process.env.TEMPORAL_ADDRESS ? '1' : '2');
 const t0 = Date.now();
 const node = spawnSync(process.execPath, ['--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files], {
   cwd: root,

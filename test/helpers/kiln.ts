@@ -230,6 +230,12 @@ export async function startKilnEnv(configYaml = defaultConfigYaml(), opts: { sea
       return submitJob(client, env.config, spec, { jobId: o.jobId, taskQueue: controlQueue });
     },
     async cleanup() {
+      // On a shared server (TEMPORAL_ADDRESS), leave nothing running that a later test's workers could pick up.
+      if (!testEnv) {
+        for await (const w of client.workflow.list({ query: `TaskQueue = "${controlQueue}" AND ExecutionStatus = "Running"` })) {
+          await client.workflow.getHandle(w.workflowId, w.runId).terminate('test cleanup').catch(() => undefined);
+        }
+      }
       for (const p of procs) p.kill('SIGKILL');
       await Promise.all(procs.map((p) => p.exited));
       for (const w of workers) {
