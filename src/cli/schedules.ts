@@ -68,6 +68,8 @@ never twice for the same data version.
   backfill <model> --start T [--end T] [--overlap skip|buffer-one|buffer-all|allow-all] [--json]
                                        take the fires of a past range now (T: ISO time or "6h" ago;
                                        --end defaults to now, --overlap to skip)
+  --task-queue Q                       queue of the schedules' RetrainModel runs (sync, list;
+                                       default kiln-control)
 
 Examples:
   kiln schedules sync
@@ -209,6 +211,7 @@ nothing and names the existing job. Prints the RetrainModel id, then the job id 
 
   --force   skip the need-checks (never the dedupe)
   --wait    wait until the training (started or found running) ends
+  --task-queue Q   queue of the RetrainModel run (default kiln-control)
 
 Examples:
   kiln train spirals
