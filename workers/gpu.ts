@@ -65,8 +65,9 @@ export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Wo
     // Cancellation reaches an activity only in a heartbeat response: keep the throttle short.
     maxHeartbeatThrottleInterval: '500ms',
     defaultHeartbeatThrottleInterval: '500ms',
-    // Room for trainers to checkpoint on SIGTERM before the worker exits.
-    shutdownGraceTime: o.config.timeouts.cancelGrace + 5000,
+    // On SIGTERM, cancel running attempts at once: this is the wait *before* cancelling, not a grace
+    // after it. The worker still waits for each trainer to checkpoint and exit (cancelGrace) before it stops.
+    shutdownGraceTime: 0,
   });
   return {
     worker,
