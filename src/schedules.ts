@@ -10,6 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import {
+  ScheduleAlreadyRunning,
   ScheduleNotFoundError,
   ScheduleOverlapPolicy,
   type Client,
@@ -183,8 +184,14 @@ export async function syncSchedules(client: Client, config: KilnConfig, o: Sched
   for (const want of desired) {
     const have = await describeOrNull(client, want.scheduleId);
     if (!have) {
-      if (!r.dryRun) await client.schedule.create(want.options as never);
-      r.created.push(want.scheduleId);
+      try {
+        if (!r.dryRun) await client.schedule.create(want.options as never);
+        r.created.push(want.scheduleId);
+      } catch (err) {
+        // Another sync (kiln dev starting next to a manual sync) created it a moment ago.
+        if (!(err instanceof ScheduleAlreadyRunning)) throw err;
+        r.unchanged.push(want.scheduleId);
+      }
       continue;
     }
     if (!isOwned(have.memo)) {

@@ -13,7 +13,7 @@ import { ScheduleOverlapPolicy } from '@temporalio/client';
 import { parseConfigText } from '../src/config/load';
 import { ConfigError } from '../src/errors';
 import type { JobSummary } from '../src/job';
-import { scheduleId, trainingIdFor, type RetrainResult } from '../src/retrain';
+import { evaluateNeed, retrainStateQuery, scheduleId, trainingIdFor, type RetrainResult } from '../src/retrain';
 import { backfillSchedule, desiredSchedules, listSchedules, ownedScheduleIds, pauseSchedule, startRetrain, syncSchedules, triggerSchedule } from '../src/schedules';
 import { defaultConfigYaml, KILN_BIN, startKilnEnv, waitFor, type KilnTestEnv } from './helpers/kiln';
 
@@ -22,7 +22,7 @@ const run = promisify(execFile);
 const model = (name: string, retrain: string | null, extra = '') => `  ${name}:
     trainer: example
     dataset: data/${name}.txt
-    params: { epochs: 1, steps_per_epoch: 6 }
+    params: { epochs: 1, steps_per_epoch: 6${name === 'flaky' ? ', fault: exit2, fault_at_step: 1' : ''} }
     pool: gpu
     gpus: 1
     requiredMetrics: [val_loss, accuracy]
@@ -33,6 +33,7 @@ const MODELS: Record<string, string | null> = {
   dormant: `{ schedule: "@every 2s", paused: true }`,
   storm: `{ schedule: "0 0 1 1 *" }`,
   cool: `{ schedule: ["0 0 1 1 *", "0 0 1 7 *"], minInterval: 1h, when: { always: true } }`,
+  flaky: `{ schedule: "0 0 1 1 *", pauseOnFailure: true }`,
   data: null,
 };
 
@@ -79,7 +80,7 @@ describe('retraining schedules', () => {
 
   test('an @every 2s schedule really fires, a training completes, later fires skip unchanged data; pause stops it', async () => {
     const r = await syncSchedules(env.client, env.config, q());
-    assert.deepEqual(r.created.sort(), ['kiln-retrain-cool', 'kiln-retrain-dormant', 'kiln-retrain-fire', 'kiln-retrain-storm']);
+    assert.deepEqual(r.created.sort(), ['kiln-retrain-cool', 'kiln-retrain-dormant', 'kiln-retrain-fire', 'kiln-retrain-flaky', 'kiln-retrain-storm']);
     assert.equal(r.changed, true);
 
     const fire = env.client.schedule.getHandle(scheduleId('fire'));
@@ -199,6 +200,27 @@ describe('retraining schedules', () => {
     assert.match(r2.reason, /^cooldown: last training \d+s ago, minInterval is 1h$/);
   });
 
+  test('a failed training fails RetrainModel and pauses a pauseOnFailure schedule; the next trigger may retry that data version', async () => {
+    const sched = env.client.schedule.getHandle(scheduleId('flaky'));
+    await triggerSchedule(env.client, 'flaky');
+    const d = await waitFor(async () => {
+      const x = await sched.describe();
+      return x.state.paused ? x : undefined;
+    }, 30_000, 'the flaky schedule to pause itself');
+    const wid = d.info.recentActions[0]!.action.workflow.workflowId;
+    const failed = await env.client.workflow.getHandle(wid).describe();
+    assert.equal(failed.status.name, 'FAILED');
+    const childId = trainingIdFor('flaky', (await env.client.workflow.getHandle(wid).query(retrainStateQuery)).fingerprint!);
+    assert.equal((await env.client.workflow.getHandle(childId).describe()).status.name, 'FAILED');
+    // Failed, not completed: the same data version may be trained again (ALLOW_DUPLICATE_FAILED_ONLY).
+    const again = await startRetrain(env.client, env.config, 'flaky', q());
+    await assert.rejects(again.result(), (err: Error) => {
+      assert.match((err.cause as Error).message, new RegExp(`^training ${childId} of flaky failed: `));
+      return true;
+    });
+    assert.equal(await settledCount(`WorkflowType = "TrainingJob" AND WorkflowId = "${childId}"`), 2);
+  });
+
   test('backfill: past fires run now, recorded with KilnTrigger=backfill', async () => {
     const start = new Date(Date.now() - 3_600_000);
     await backfillSchedule(env.client, 'fire', { start, end: new Date(start.getTime() + 5000), overlap: ScheduleOverlapPolicy.SKIP });
@@ -214,10 +236,10 @@ describe('retraining schedules', () => {
   test('sync is idempotent, updates a changed schedule, removes one deleted from the config, leaves foreign ones alone', async () => {
     const again = await syncSchedules(env.client, env.config, q());
     assert.equal(again.changed, false, JSON.stringify(again));
-    assert.equal(again.unchanged.length, 4);
+    assert.equal(again.unchanged.length, 5);
     // The CLI agrees and lists next fire times.
     const { stdout } = await kiln(['schedules', 'sync', '--task-queue', env.controlQueue]);
-    assert.match(stdout, /schedules in sync: nothing to change \(4 unchanged/);
+    assert.match(stdout, /schedules in sync: nothing to change \(5 unchanged/);
     const listed = JSON.parse((await kiln(['schedules', 'list', '--json', '--task-queue', env.controlQueue])).stdout) as { schedules: Array<{ scheduleId: string; paused: boolean; nextActionTimes: string[]; stale: boolean }> };
     const storm = listed.schedules.find((s) => s.scheduleId === 'kiln-retrain-storm')!;
     assert.ok(storm.nextActionTimes.length > 0 && Date.parse(storm.nextActionTimes[0]!) > Date.now(), JSON.stringify(storm));
@@ -277,6 +299,27 @@ describe('retraining schedules', () => {
     });
     assert.deepEqual(await snapshot(), before);
     // Sanity: the desired set of the good config still builds.
-    assert.equal(desiredSchedules(env.config, q()).length, 4);
+    assert.equal(desiredSchedules(env.config, q()).length, 5);
+  });
+});
+
+describe('need-checks (pure)', () => {
+  const now = Date.parse('2024-05-10T00:00:00Z');
+  const prod = { version: 7, datasetFingerprint: 'ab12cd34ef56ab12', createdAt: '2024-05-01T00:00:00Z' };
+  const base = { dataChanged: true, maxAgeMs: null, always: false, minIntervalMs: 0 };
+  const facts = { fingerprint: 'ab12cd34ef56ab12', production: prod, lastTrainedAt: prod.createdAt, nowMs: now };
+
+  test('maxAge trains an old production on unchanged data, and skips a young one', () => {
+    assert.deepEqual(evaluateNeed({ ...base, maxAgeMs: 7 * 86_400_000 }, facts, false), { train: true, reason: 'production v7 is 9d 0h old (maxAge 7d 0h)' });
+    assert.deepEqual(evaluateNeed({ ...base, dataChanged: false, maxAgeMs: 30 * 86_400_000 }, facts, false), { train: false, reason: 'production v7 is 9d 0h old, under maxAge 30d 0h' });
+    assert.deepEqual(evaluateNeed(base, facts, false), { train: false, reason: 'data unchanged since v7 (fingerprint ab12cd34…)' });
+  });
+
+  test('cooldown beats always and data changes; force beats the cooldown', () => {
+    const recent = { ...facts, fingerprint: 'ffff000011112222', lastTrainedAt: new Date(now - 3_600_000).toISOString() };
+    const policy = { ...base, always: true, minIntervalMs: 6 * 3_600_000 };
+    assert.deepEqual(evaluateNeed(policy, recent, false), { train: false, reason: 'cooldown: last training 1h ago, minInterval is 6h' });
+    assert.equal(evaluateNeed(policy, recent, true).train, true);
+    assert.equal(evaluateNeed({ ...base, minIntervalMs: 60_000 }, recent, false).reason, 'data changed since v7 (fingerprint ab12cd34… → ffff0000…)');
   });
 });
