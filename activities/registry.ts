@@ -85,6 +85,15 @@ export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks 
       } catch (err) {
         refuse(err);
       }
+      // The key is the workflow id, which a later run may reuse (resubmitted id, reset): that run
+      // trained a different model, and must not be reported as the earlier run's version.
+      if (!created && v.runId !== runId) {
+        throw ApplicationFailure.nonRetryable(
+          `job ${p.jobId} is already registered as ${v.model} v${v.version} by an earlier run (${v.runId}); this run (${runId}) cannot register under the same job id. Submit the retraining as a new job (a new --id)`,
+          ErrorType.RegistryRefused,
+          { code: 'JOB_CONFLICT', model: v.model, version: v.version },
+        );
+      }
       const attempt = Context.current().info.attempt;
       if (hooks.failAfterRegisterOnAttempts?.includes(attempt) && (!hooks.failAfterRegisterModels || hooks.failAfterRegisterModels.includes(p.spec.model))) {
         throw new Error(`injected fault: failing registerVersion after the write (attempt ${attempt})`);

@@ -247,6 +247,15 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.equal(versions.length, 1);
     assert.equal(versions[0]!.jobId, h.workflowId);
     assert.deepEqual(versions[0]!.decisions.map((x) => x.kind), ['promoted']);
+
+    // A later run reusing the job id trained another model: refused, not passed off as v1.
+    const again = await env.submit('retried', { jobId: h.workflowId });
+    await assert.rejects(again.result(), (err: unknown) => {
+      const cause = (err as { cause?: { message?: string } }).cause;
+      assert.match(cause?.message ?? '', /already registered as retried v1 by an earlier run .*cannot register under the same job id/);
+      return true;
+    });
+    assert.deepEqual(reg.list({ model: 'retried' }), versions, 'the registry is unchanged');
   });
 
   test('rollback with the CLI (a real child process) re-points production, recorded with the reason', async () => {
