@@ -68,7 +68,17 @@ export function createRetrainActivities(deps: CommonDeps) {
         throw err;
       }
       deps.log.info({ model: input.model, trigger, force: input.force ?? false, train: decision.train, reason: decision.reason, childId }, 'retrain need-check');
-      return { ...decision, fingerprint, childId, spec, staticSummary: staticSummary(spec), trigger, productionVersion: prod?.version ?? null };
+      const prior = reg.getByJob(childId);
+      return {
+        ...decision,
+        fingerprint,
+        childId,
+        spec,
+        staticSummary: staticSummary(spec),
+        trigger,
+        productionVersion: prod?.version ?? null,
+        registered: prior ? { version: prior.version, stage: prior.stage } : null,
+      };
     },
   };
 }

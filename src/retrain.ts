@@ -97,6 +97,12 @@ export interface RetrainCheck extends NeedDecision {
   /** The trigger as recorded: `backfill` when the nominal fire time lies beyond the catch-up window. */
   trigger: Trigger;
   productionVersion: number | null;
+  /**
+   * The registry already holds a version from this child id: an earlier run trained this data version
+   * (it may have failed or been cancelled later, e.g. while awaiting approval, or aged out of the
+   * server's retention). Starting the id again could only end in a refused registration.
+   */
+  registered: { version: number; stage: string } | null;
 }
 
 export type RetrainOutcome = 'skipped' | 'trained' | 'deduped';

@@ -153,7 +153,8 @@ describe('retraining schedules', () => {
     assert.ok(results.length > 50, 'at least one trigger started a run');
     const childId = trained[0]!.childId!;
     for (const r of results) {
-      if (r.outcome === 'deduped') assert.match(r.reason, new RegExp(`^already trained/training this data version \\(${childId}\\)`));
+      // Refused by the server (running or completed child id), or found in the registry once registered.
+      if (r.outcome === 'deduped') assert.match(r.reason, new RegExp(`^already trained(/training this data version \\(${childId}\\)| this data version: v1 \\((candidate|production)\\) from ${childId})`));
       else if (r.outcome === 'skipped') assert.match(r.reason, /data unchanged since v1/);
     }
     assert.ok(results.some((r) => r.outcome === 'deduped'), 'some triggers hit the dedupe');
@@ -180,6 +181,7 @@ describe('retraining schedules', () => {
     const forced = (await (await startRetrain(env.client, env.config, 'data', { ...q(), force: true })).result()) as RetrainResult;
     assert.equal(forced.outcome, 'deduped', 'force skips the need-checks, never the dedupe');
     assert.equal(forced.childId, r1.childId);
+    assert.match(forced.reason, new RegExp(`^already trained this data version: v1 \\(production\\) from ${r1.childId}; forced`));
 
     writeData('data', 'data v2\n4,5,6\n');
     const r2 = (await (await startRetrain(env.client, env.config, 'data', q())).result()) as RetrainResult;

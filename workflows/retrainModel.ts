@@ -66,6 +66,9 @@ export async function RetrainModel(input: RetrainInput): Promise<RetrainResult> 
   };
 
   if (!check.train) return done('skipped', check.reason, null, null);
+  if (check.registered) {
+    return done('deduped', `already trained this data version: v${check.registered.version} (${check.registered.stage}) from ${check.childId}; ${check.reason}`, check.childId, null);
+  }
 
   let child;
   try {
