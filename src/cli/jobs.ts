@@ -122,14 +122,6 @@ function heartbeatView(details: unknown): HeartbeatView | null {
   };
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, rej) => {
-    timer = setTimeout(() => rej(new Error(`${what}: no answer in ${ms} ms`)), ms);
-  });
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
-}
-
 /** describe + the progress query; without a worker to answer the query, the heartbeat details. */
 export async function jobStatus(client: Client, jobId: string, o: { queryTimeoutMs?: number } = {}): Promise<StatusView> {
   const h = client.workflow.getHandle(jobId);
@@ -159,11 +151,14 @@ export async function jobStatus(client: Client, jobId: string, o: { queryTimeout
   let progress: JobProgress | null = null;
   let source: StatusView['source'] = 'describe';
   let queryError: string | null = null;
+  const timeoutMs = o.queryTimeoutMs ?? QUERY_TIMEOUT_MS;
   try {
-    progress = await withTimeout(queryProgress(client, jobId), o.queryTimeoutMs ?? QUERY_TIMEOUT_MS, 'progress query');
+    // A gRPC deadline, not a timer race: the call must end before the connection is closed.
+    progress = await client.withDeadline(Date.now() + timeoutMs, () => queryProgress(client, jobId));
     source = 'query';
   } catch (err) {
-    queryError = (err as Error).message.split('\n')[0] ?? 'query failed';
+    const msg = (err as Error).message ?? String(err);
+    queryError = /DEADLINE_EXCEEDED|deadline/i.test(msg) ? `no answer in ${timeoutMs} ms` : (msg.split('\n')[0] ?? 'query failed');
   }
   const summary = progress?.summary ?? ((d.memo as { summary?: JobSummary } | undefined)?.summary ?? null);
   return {
