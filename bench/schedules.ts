@@ -269,7 +269,7 @@ async function main(): Promise<void> {
   md.push(row('  of which: RetrainModel start → TrainingJob start (need-check)', fireSamples.map((s) => s.childStart - s.workflowStart), '–', () => null));
   md.push(row('  of which: TrainingJob start → trainer started', fireSamples.map((s) => s.trainerStart - s.childStart), '–', () => null));
   md.push('');
-  md.push(`Storm: ${size} concurrent triggers per round for one new data version (${Math.ceil(size / 2)} \`kiln train\`-equivalent RetrainModel starts + ${size - Math.ceil(size / 2)} \`schedule.trigger\` with overlap SKIP), TrainingJob runs counted through visibility after it settled.\n`);
+  md.push(`Storm: ${size} concurrent triggers per round for one new data version (${Math.ceil(size / 2)} \`kiln train\`-equivalent RetrainModel starts + ${size - Math.ceil(size / 2)} \`schedule.trigger\` with overlap SKIP), TrainingJob runs counted through visibility after it settled. The schedule is paused during the storms (a trigger still fires a paused schedule); "RetrainModel runs" is the ${Math.ceil(size / 2)} manual runs plus the triggered runs the overlap policy let through: SKIP drops a trigger only while an earlier scheduled run is still running, and a deduped run ends within ~100 ms.\n`);
   md.push('| round | triggers | RetrainModel runs | TrainingJob runs (target 1) | manual outcomes | all settled after |\n|---|---|---|---|---|---|');
   stormSamples.forEach((s, i) =>
     md.push(`| ${i + 1} | ${s.triggers} | ${s.retrainRuns} | ${s.trainingRuns}${s.trainingRuns === 1 ? '' : ' **not met**'} | ${Object.entries(s.outcomes).map(([k, v]) => `${k} ${v}`).join(', ')} | ${ms(s.settleMs)} |`),
