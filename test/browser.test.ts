@@ -1,0 +1,157 @@
+/**
+ * The Temporal Web UI, checked in a real headless Chromium: a dev server started WITH its UI, real jobs,
+ * the workflow list filtered by the KilnModel search attribute through the URL, and a job's page with
+ * its static summary, live current details, activity summary and Kiln search attributes.
+ * Skipped (with the reason) only when /usr/bin/chromium is absent; `.ci/run` installs it.
+ */
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { Browser, Page } from 'playwright-core';
+import { progressQuery } from '../src/defs';
+import { buildSpec, staticSummary } from '../src/jobs';
+import { freePort, startDevServer, type DevServer } from '../src/temporal/devServer';
+import { defaultConfigYaml, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
+
+const CHROMIUM = '/usr/bin/chromium';
+const SKIP = fs.existsSync(CHROMIUM) ? false : `Chromium is not installed at ${CHROMIUM}: apt-get install chromium (.ci/run does) to run the Web UI check`;
+const SHOTS = path.join(os.tmpdir(), 'kiln-browser-test');
+
+const MODELS = `  spirals:
+    trainer: example
+    dataset: synthetic://spirals/v1
+    params: { epochs: 2, steps_per_epoch: 10 }
+    pool: gpu
+    gpus: 1
+  blobs:
+    trainer: example
+    dataset: synthetic://blobs/v1
+    params: { dataset: blobs, epochs: 1, steps_per_epoch: 5 }
+    pool: gpu
+    gpus: 1`;
+
+/** Text of the page and every frame: the UI renders summaries and details in sandboxed iframes. */
+async function allText(page: Page): Promise<string> {
+  const parts: string[] = [];
+  for (const f of page.frames()) {
+    try {
+      parts.push(String(await f.evaluate('document.body ? document.body.innerText : ""')));
+    } catch {
+      /* a frame that navigated away meanwhile */
+    }
+  }
+  // The UI's markdown renderer typesets "6/200" with a fraction slash (U+2044).
+  return parts.join('\n').replace(/\u2044/g, '/');
+}
+
+async function waitForText(page: Page, what: string, test: (text: string) => boolean, timeoutMs = 30_000, reload = false): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let text = '';
+  let lastReload = Date.now();
+  while (Date.now() < deadline) {
+    text = await allText(page);
+    if (test(text)) return text;
+    if (reload && Date.now() - lastReload > 5000) {
+      lastReload = Date.now();
+      await page.reload({ waitUntil: 'domcontentloaded' });
+    }
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  throw new Error(`the page did not show ${what} within ${timeoutMs} ms; it shows:\n${text.slice(-3000)}`);
+}
+
+describe('Temporal Web UI (headless Chromium)', { skip: SKIP }, () => {
+  let server: DevServer;
+  let env: KilnTestEnv;
+  let browser: Browser;
+  let ui: string;
+  const savedAddress = process.env.TEMPORAL_ADDRESS;
+
+  before(async () => {
+    fs.mkdirSync(SHOTS, { recursive: true });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-ui-server-'));
+    // The harness's createLocal server is headless; this one serves the UI.
+    server = await startDevServer({
+      binary: temporalBinary(),
+      dbFile: path.join(dir, 'temporal.sqlite'),
+      ip: '127.0.0.1',
+      port: await freePort(),
+      uiPort: await freePort(),
+      metricsPort: 0,
+      namespace: 'default',
+      logFile: path.join(dir, 'server.log'),
+    });
+    ui = server.uiUrl!;
+    await waitFor(async () => (await fetch(ui)).ok, 30_000, 'the Web UI answering');
+    process.env.TEMPORAL_ADDRESS = server.address;
+    env = await startKilnEnv(defaultConfigYaml({ models: MODELS }));
+    await env.startControlWorker();
+    await env.startGpuWorker({ pool: 'gpu', slots: 2 });
+    const { chromium } = await import('playwright-core');
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await env?.cleanup();
+    await server?.stop();
+    if (savedAddress === undefined) delete process.env.TEMPORAL_ADDRESS;
+    else process.env.TEMPORAL_ADDRESS = savedAddress;
+  });
+
+  test('the workflow list filtered by KilnModel in the URL shows that model\'s jobs and no other', async () => {
+    const blobs = await env.submit('blobs');
+    await blobs.result();
+    const spirals = await env.submit('spirals');
+    await spirals.result();
+    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    try {
+      await page.goto(`${ui}/namespaces/default/workflows?query=${encodeURIComponent('KilnModel="blobs"')}`, { waitUntil: 'domcontentloaded' });
+      const text = await waitForText(page, `job ${blobs.workflowId}`, (t) => t.includes(blobs.workflowId), 30_000, true);
+      await page.screenshot({ path: path.join(SHOTS, 'list-filtered.png') });
+      assert.match(text, /KilnModel = "blobs"/, 'the filter is applied from the URL');
+      assert.ok(!text.includes(spirals.workflowId), `the spirals job is filtered out:\n${text.slice(0, 2000)}`);
+      assert.match(text, /COMPLETED/);
+      assert.match(text, /TrainingJob/);
+    } finally {
+      await page.close();
+    }
+  });
+
+  test("a running job's page: readable id, static summary, live current details, activity summary, Kiln search attributes", async () => {
+    const h = await env.submit('spirals', { params: { epochs: 200, step_delay_ms: 50 } });
+    const summary = staticSummary(buildSpec(env.config, 'spirals', { params: { epochs: 200, step_delay_ms: 50 } }));
+    await waitFor(async () => (await h.query(progressQuery)).step > 0, 60_000, 'training started', 200);
+    const runId = (await h.describe()).runId;
+    const base = `${ui}/namespaces/default/workflows/${h.workflowId}/${runId}`;
+    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    try {
+      await page.goto(`${base}/user-metadata`, { waitUntil: 'domcontentloaded' });
+      const meta = await waitForText(page, 'the static summary and the progress line', (t) => t.includes(summary) && /epoch \d+\/200 · step \d+\/2000 · loss \d/.test(t));
+      await page.screenshot({ path: path.join(SHOTS, 'job-user-metadata.png') });
+      assert.match(h.workflowId, /^train-spirals-[a-z0-9]{6}$/);
+      assert.ok(meta.includes(h.workflowId), 'the readable workflow id is the page title');
+      assert.match(meta, /Summary/);
+      assert.match(meta, /Current Details/);
+      assert.match(meta, /Kiln training job for model spirals/, 'static details');
+
+      await page.goto(base, { waitUntil: 'domcontentloaded' });
+      await waitForText(page, 'the train activity summary', (t) => t.includes('train spirals (example)'));
+      await page.screenshot({ path: path.join(SHOTS, 'job-timeline.png') });
+
+      await page.goto(`${base}/search-attributes`, { waitUntil: 'domcontentloaded' });
+      const sa = await waitForText(page, 'the Kiln search attributes', (t) => /"KilnPhase": "training"/.test(t));
+      assert.match(sa, /"KilnModel": "spirals"/);
+      assert.match(sa, /"KilnTrigger": "manual"/);
+    } finally {
+      await page.close();
+      await h.signal('cancel', { reason: 'browser test done' });
+      await h.result().catch(() => undefined);
+    }
+  });
+});
