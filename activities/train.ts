@@ -83,6 +83,69 @@ function leasePath(workDir: string): string {
   return path.join(workDir, 'lease.json');
 }
 
+/**
+ * The work dir's owner: the newest attempt that started. `gen` orders attempts across retries, pause →
+ * resume (a new activity, whose attempt count restarts at 1) and workflow runs.
+ */
+interface Lease {
+  token: string;
+  gen: number;
+  attempt: number;
+  workerId: string;
+  at: string;
+}
+
+/** When the server scheduled this attempt: later for every retry, every resume and every new run. */
+function generationOf(info: Context['info']): number {
+  return info.currentAttemptScheduledTimestampMs || info.scheduledTimestampMs || Date.now();
+}
+
+function readLease(workDir: string): Lease | null {
+  try {
+    const l = JSON.parse(fs.readFileSync(leasePath(workDir), 'utf8')) as Partial<Lease>;
+    return typeof l.token === 'string' ? { token: l.token, gen: Number(l.gen) || 0, attempt: Number(l.attempt) || 0, workerId: String(l.workerId ?? '?'), at: String(l.at ?? '') } : null;
+  } catch {
+    return null;
+  }
+}
+
+function writeLease(workDir: string, l: Lease): void {
+  const tmp = `${leasePath(workDir)}.${process.pid}.${l.token.slice(0, 8)}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify(l));
+  fs.renameSync(tmp, leasePath(workDir));
+}
+
+/**
+ * Takeover cleanup: checkpoints an earlier attempt wrote but never got to announce (its worker died or
+ * froze before handling the event, or the write was torn) are not resumable, and retention never saw
+ * them. Only entries named like an announced checkpoint (digits aside) or its temp file are removed,
+ * so other files a trainer keeps in the checkpoint dir (e.g. TensorBoard runs/) stay.
+ */
+function sweepUnannounced(ckptDir: string, known: CheckpointRef[], keep: (p: string) => boolean): string[] {
+  const esc = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const shapes = new Set<string>();
+  const knownPaths = new Set(known.map((c) => path.resolve(c.path)));
+  for (const c of known) {
+    if (path.dirname(path.resolve(c.path)) === path.resolve(ckptDir)) shapes.add(esc(path.basename(c.path)).replace(/\d+/g, '\\d+'));
+  }
+  if (shapes.size === 0) return [];
+  const re = new RegExp(`^\\.?(?:${[...shapes].join('|')})(?:\\.tmp.*)?$`);
+  const removed: string[] = [];
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(ckptDir);
+  } catch {
+    return [];
+  }
+  for (const n of names) {
+    const full = path.join(ckptDir, n);
+    if (!re.test(n) || knownPaths.has(full) || keep(full)) continue;
+    fs.rmSync(full, { recursive: true, force: true });
+    removed.push(n);
+  }
+  return removed;
+}
+
 function logTail(file: string, lines = 50): string {
   try {
     const fd = fs.openSync(file, 'r');
@@ -122,31 +185,44 @@ export function createTrain(deps: GpuDeps) {
       );
     }
 
-    // One live trainer per job: a trainer of an earlier attempt still running on this host dies first.
+    // Fence. The newest attempt owns the work dir: it writes the lease, and an older attempt that wakes
+    // up (SIGCONT, network back) sees it, stops its trainer, and stops touching the manifest. An
+    // attempt that is itself already older than the lease (a task handed to a frozen worker's pending
+    // poll, run after it thawed) starts nothing.
+    const gen = generationOf(info);
+    const prior = readLease(workDir);
+    if (prior && prior.gen > gen) {
+      log.warn({ owner: prior.workerId, ownerAttempt: prior.attempt }, 'a newer attempt already owns this job; not starting a trainer');
+      throw ApplicationFailure.retryable(`attempt ${attempt} of ${jobId} is stale: attempt ${prior.attempt} on ${prior.workerId} already owns the job`, ErrorType.AttemptSuperseded);
+    }
+    const leaseToken = crypto.randomUUID();
+    const lease: Lease = { token: leaseToken, gen, attempt, workerId, at: new Date().toISOString() };
+    writeLease(workDir, lease);
+    const superseded = (): boolean => {
+      const l = readLease(workDir);
+      if (!l || l.token === leaseToken) return false;
+      if (l.gen >= gen) return true;
+      // An older attempt wrote over our lease (it read the file before we wrote ours): take it back.
+      writeLease(workDir, lease);
+      return false;
+    };
+
+    // One live trainer per job: a trainer of an earlier attempt still running on this host dies first
+    // (SIGTERM, SIGKILL after the grace period), before this attempt reads the manifest.
     const pidfile = pidfileFor(deps.config.home, jobId);
     const stale = readPidfile(pidfile);
     if (stale) {
       if (await killRecordedTrainer(stale, p.timeouts.cancelGraceMs)) log.warn({ trainerPid: stale.trainerPid }, 'killed a trainer left by an earlier attempt of this job');
       fs.rmSync(pidfile, { force: true });
     }
-    // Fence: this attempt owns the work dir now. An older attempt that wakes up (SIGCONT, network back)
-    // sees a newer lease and stops its trainer.
-    const leaseToken = crypto.randomUUID();
-    fs.writeFileSync(leasePath(workDir), JSON.stringify({ attempt, workerId, token: leaseToken, at: new Date().toISOString() }));
-    const superseded = (): boolean => {
-      try {
-        const l = JSON.parse(fs.readFileSync(leasePath(workDir), 'utf8')) as { token: string; attempt: number };
-        return l.token !== leaseToken && l.attempt >= attempt;
-      } catch {
-        return false;
-      }
-    };
 
     // Resume point: the newest checkpoint that was announced and still exists.
     const hb = (info.heartbeatDetails ?? null) as TrainHeartbeat | null;
     const known = new Map<string, CheckpointRef>();
     for (const c of [...readManifest(workDir), ...(hb?.checkpoints ?? []), ...(input.resumeFrom ? [input.resumeFrom] : [])]) known.set(c.path, c);
     const candidates = [...known.values()].sort((a, b) => b.step - a.step);
+    const swept = sweepUnannounced(ckptDir, candidates, (cp) => deps.isPinned(cp));
+    if (swept.length) log.warn({ removed: swept }, 'removed checkpoints an earlier attempt wrote but never announced');
     let resumedFrom: CheckpointRef | null = null;
     for (const c of candidates) {
       if (!insideDir(workDir, c.path)) {
@@ -251,6 +327,11 @@ export function createTrain(deps: GpuDeps) {
     };
 
     const onCheckpoint = (e: Extract<TrainerEvent, { type: 'checkpoint' }>) => {
+      // Fenced: a superseded attempt must not rewrite the manifest or prune what the new owner resumes from.
+      if (superseded()) {
+        log.warn({ step: e.step }, 'checkpoint from a superseded attempt ignored');
+        return;
+      }
       const cp = path.resolve(workDir, e.path);
       if (!insideDir(workDir, cp)) {
         log.warn({ path: e.path }, 'trainer announced a checkpoint outside the job dir; ignored');
@@ -388,8 +469,9 @@ export function createTrain(deps: GpuDeps) {
       clearInterval(ticker);
       deps.gpus.release(leaseOwner);
       deps.metrics.jobEnded(p.spec.pool, jobId);
-      // The shim removes the pidfile when the trainer exits; make sure of it on every path.
-      fs.rmSync(pidfile, { force: true });
+      // The shim removes the pidfile when the trainer exits; make sure of it on every path, but never
+      // remove a newer attempt's record (it is how that attempt's trainer gets found and killed).
+      if (readPidfile(pidfile)?.shimPid === trainer.child.pid) fs.rmSync(pidfile, { force: true });
     }
     heartbeat();
     const tail = logTail(logFile);
