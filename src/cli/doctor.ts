@@ -289,6 +289,8 @@ Checks, each with a fix hint when it fails:
   server reachable; namespace exists; search attributes KilnModel/KilnPhase/KilnTrigger registered;
   live pollers on ${TASK_QUEUE_CONTROL} (workflow + activity) and on kiln-gpu-<pool> for every pool.
 Exit code 0 when every check passes (warnings allowed), 1 when any fails.
+The server remembers pollers for a few minutes: a worker that died less than ~2 minutes ago still
+counts as live here (kiln status shows the last heartbeat of a job's worker).
 
 Examples:
   kiln doctor
