@@ -202,21 +202,9 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
     prepared = await control.prepareJob(spec, info.workflowId);
     const p = prepared;
 
-    const gpu = proxyActivities<Activities>({
-      taskQueue: gpuTaskQueue(spec.pool),
-      // No scheduleToStart limit: a job may wait for a free GPU slot as long as it has to.
-      startToCloseTimeout: p.timeouts.startToCloseMs,
-      heartbeatTimeout: p.timeouts.heartbeatMs,
-      retry: {
-        maximumAttempts: p.timeouts.maxAttempts,
-        initialInterval: '1s',
-        backoffCoefficient: 2,
-        maximumInterval: '30s',
-        nonRetryableErrorTypes: NON_RETRYABLE_TYPES,
-      },
-      // "Cancelled" must mean the trainer process is really gone.
-      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-    });
+    // No scheduleToStart limit: a job may wait for a free GPU slot as long as it has to.
+    // WAIT_CANCELLATION_COMPLETED: "cancelled" must mean the trainer process is really gone.
+    const gpu = proxyActivities<Activities>(trainOptions(p));
 
     // Training, with pause/resume: a pause cancels the attempt (the trainer checkpoints on SIGTERM and
     // the slot is freed), and a resume starts a new activity from that checkpoint.
