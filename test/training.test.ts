@@ -185,16 +185,26 @@ describe('TrainingJob', () => {
   test('retention: never more than keepLatest + keepBest (+ pinned) checkpoints on disk', async () => {
     const h = await env.submit('spirals', { params: { epochs: 2, steps_per_epoch: 20, step_delay_ms: 25, checkpoint_every: 2 }, retention: { keepLatest: 2, keepBest: 1 } });
     let maxSeen = 0;
+    let maxKept = 0;
     let observations = 0;
+    const manifestFile = path.join(jobDir(env, h.workflowId), 'checkpoints.json');
     const poll = setInterval(() => {
       maxSeen = Math.max(maxSeen, checkpointFiles(env, h.workflowId).length);
+      try {
+        maxKept = Math.max(maxKept, (JSON.parse(fs.readFileSync(manifestFile, 'utf8')) as { checkpoints: unknown[] }).checkpoints.length);
+      } catch {
+        /* not written yet */
+      }
       observations += 1;
     }, 20);
     const s = (await h.result()) as JobSummary;
     clearInterval(poll);
     assert.equal(s.outcome, 'completed');
     assert.ok(observations > 20, `observed ${observations} times`);
-    assert.ok(maxSeen <= 3, `saw ${maxSeen} checkpoints on disk at once`);
+    assert.ok(maxKept <= 3, `Kiln kept ${maxKept} checkpoints at once`);
+    // On disk there may be one more for a moment: the checkpoint the trainer has just written and is
+    // announcing; retention can only act once it is announced.
+    assert.ok(maxSeen <= 3 + 1, `saw ${maxSeen} checkpoints on disk at once`);
     assert.ok(maxSeen >= 2, 'retention kept several checkpoints');
     const manifest = JSON.parse(fs.readFileSync(path.join(jobDir(env, h.workflowId), 'checkpoints.json'), 'utf8')) as { checkpoints: Array<{ step: number }> };
     assert.ok(manifest.checkpoints.some((c) => c.step === 40), 'latest checkpoint kept');
