@@ -189,11 +189,12 @@ export async function startKilnEnvOn(address: string, yaml: string): Promise<Kil
 
 const procs = new Set<ChildProc>();
 
-/** SIGKILLs every child this module started (call from after()). */
-export async function killAllStarted(): Promise<void> {
-  for (const p of procs) p.kill('SIGKILL');
-  await Promise.all([...procs].map((p) => p.exited));
-  procs.clear();
+/** SIGKILLs every child this module started for the env (call from after()). */
+export async function killAllStarted(env: KilnTestEnv): Promise<void> {
+  const mine = [...procs].filter((p) => p.logFile.startsWith(`${env.home}${path.sep}`));
+  for (const p of mine) p.kill('SIGKILL');
+  await Promise.all(mine.map((p) => p.exited));
+  for (const p of mine) procs.delete(p);
 }
 
 // ---------------------------------------------------------------------------------------------
