@@ -283,6 +283,11 @@ interface OverheadPair {
   ratio: number;
   bareCpuMs: number;
   kilnCpuMs: number;
+  /** CPU the GPU worker process spent over the whole job (train + heartbeats + signals). */
+  workerCpuMs: number;
+  /** CPU of GPU worker + dev server + control worker over each run: what supervision costs besides the trainer. */
+  bareSideCpuMs: number;
+  kilnSideCpuMs: number;
   load: string;
 }
 
@@ -331,10 +336,48 @@ async function bareRun(params: Record<string, unknown>): Promise<{ wallMs: numbe
   return span;
 }
 
-async function kilnRun(env: KilnTestEnv, params: Record<string, unknown>): Promise<{ wallMs: number; cpuMs: number }> {
+/** utime + stime of a process in ms (clock ticks of 10 ms). */
+function cpuMsOf(pid: number): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return NaN;
+  }
+}
+
+/** The dev server process this bench started (a child of this process). */
+function serverPid(): number | null {
+  let kids: number[] = [];
+  try {
+    kids = fs.readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').trim().split(/\s+/).map(Number);
+  } catch {
+    return null;
+  }
+  return kids.find((k) => {
+    try {
+      return fs.readFileSync(`/proc/${k}/cmdline`, 'utf8').includes('start-dev');
+    } catch {
+      return false;
+    }
+  }) ?? null;
+}
+
+/** CPU ms of everything Kiln runs besides the trainer: GPU worker, dev server, and this process (control worker). */
+function kilnSideCpuMs(workerPid: number): number {
+  const srv = serverPid();
+  const self = process.cpuUsage();
+  return cpuMsOf(workerPid) + (srv ? cpuMsOf(srv) : 0) + (self.user + self.system) / 1000;
+}
+
+async function kilnRun(env: KilnTestEnv, workerPid: number, params: Record<string, unknown>): Promise<{ wallMs: number; cpuMs: number; workerCpuMs: number; sideCpuMs: number }> {
+  const cpu0 = cpuMsOf(workerPid);
+  const side0 = kilnSideCpuMs(workerPid);
   const h = await env.submit('bench', { params });
   await h.result();
-  return trainSpan(readRecs(recFile(env, h.workflowId)));
+  const workerCpuMs = cpuMsOf(workerPid) - cpu0;
+  return { ...trainSpan(readRecs(recFile(env, h.workflowId))), workerCpuMs, sideCpuMs: kilnSideCpuMs(workerPid) - side0 };
 }
 
 async function benchOverhead(env: KilnTestEnv, workers: Workers, pairs: number, jobSeconds: number): Promise<{ steps: number; cpuIters: number; pairs: OverheadPair[] }> {
@@ -351,18 +394,37 @@ async function benchOverhead(env: KilnTestEnv, workers: Workers, pairs: number, 
   for (let i = 0; i < pairs; i++) {
     const bareFirst = i % 2 === 0;
     const l = load();
-    let bare: { wallMs: number; cpuMs: number };
-    let kiln: { wallMs: number; cpuMs: number };
+    const workerPid = workers.live[0]!.pid;
+    let bare: { wallMs: number; cpuMs: number; sideCpuMs: number };
+    let kiln: { wallMs: number; cpuMs: number; workerCpuMs: number; sideCpuMs: number };
+    const bareWithSide = async () => {
+      const side0 = kilnSideCpuMs(workerPid);
+      const r = await bareRun(params);
+      return { ...r, sideCpuMs: kilnSideCpuMs(workerPid) - side0 };
+    };
     if (bareFirst) {
-      bare = await bareRun(params);
-      kiln = await kilnRun(env, params);
+      bare = await bareWithSide();
+      kiln = await kilnRun(env, workerPid, params);
     } else {
-      kiln = await kilnRun(env, params);
-      bare = await bareRun(params);
+      kiln = await kilnRun(env, workerPid, params);
+      bare = await bareWithSide();
     }
-    const p: OverheadPair = { order: bareFirst ? 'bare, Kiln' : 'Kiln, bare', bareMs: bare.wallMs, kilnMs: kiln.wallMs, ratio: kiln.wallMs / bare.wallMs, bareCpuMs: bare.cpuMs, kilnCpuMs: kiln.cpuMs, load: l };
+    const p: OverheadPair = {
+      order: bareFirst ? 'bare, Kiln' : 'Kiln, bare',
+      bareMs: bare.wallMs,
+      kilnMs: kiln.wallMs,
+      ratio: kiln.wallMs / bare.wallMs,
+      bareCpuMs: bare.cpuMs,
+      kilnCpuMs: kiln.cpuMs,
+      workerCpuMs: kiln.workerCpuMs,
+      bareSideCpuMs: bare.sideCpuMs,
+      kilnSideCpuMs: kiln.sideCpuMs,
+      load: l,
+    };
     out.push(p);
-    console.error(`  overhead pair ${i + 1}/${pairs} (${p.order}): bare ${ms(p.bareMs)}, Kiln ${ms(p.kilnMs)}, ratio ${p.ratio.toFixed(4)} (trainer CPU ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)}; load ${l})`);
+    console.error(
+      `  overhead pair ${i + 1}/${pairs} (${p.order}): bare ${ms(p.bareMs)}, Kiln ${ms(p.kilnMs)}, ratio ${p.ratio.toFixed(4)} (trainer CPU ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)}; worker CPU ${ms(p.workerCpuMs)}; worker+server+control CPU bare ${ms(p.bareSideCpuMs)} / Kiln ${ms(p.kilnSideCpuMs)}; load ${l} → ${load()})`,
+    );
   }
   return { steps, cpuIters, pairs: out };
 }
@@ -514,8 +576,16 @@ async function main(): Promise<void> {
       json.overhead = o;
       const med = stats(o.pairs.map((p) => p.ratio)).median;
       md.push(`Overhead: CPU-bound trainer, ${o.steps} steps × ${o.cpuIters} iterations, progress event every step, checkpoint every 100 steps.\n`);
-      md.push('| pair | order | bare | under Kiln | ratio | trainer CPU bare / Kiln | load avg |\n|---|---|---|---|---|---|---|');
-      o.pairs.forEach((p, i) => md.push(`| ${i + 1} | ${p.order} | ${ms(p.bareMs)} | ${ms(p.kilnMs)} | ${p.ratio.toFixed(4)} | ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)} | ${p.load} |`));
+      md.push(
+        '| pair | order | bare | under Kiln | ratio | trainer CPU bare / Kiln | GPU worker CPU in Kiln run | worker+server+control CPU bare / Kiln | load avg at start |\n|---|---|---|---|---|---|---|---|---|',
+      );
+      o.pairs.forEach((p, i) =>
+        md.push(
+          `| ${i + 1} | ${p.order} | ${ms(p.bareMs)} | ${ms(p.kilnMs)} | ${p.ratio.toFixed(4)} | ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)} | ${ms(p.workerCpuMs)} (${((100 * p.workerCpuMs) / p.kilnMs).toFixed(1)} % of a core) | ${ms(p.bareSideCpuMs)} / ${ms(p.kilnSideCpuMs)} | ${p.load} |`,
+        ),
+      );
+      const extra = o.pairs.map((p) => (p.kilnSideCpuMs - p.bareSideCpuMs * (p.kilnMs / p.bareMs)) / p.kilnMs);
+      md.push(`\nSupervision CPU besides the trainer (Kiln run minus the same span idle during the bare run): median ${(100 * stats(extra).median).toFixed(1)} % of one core.`);
       md.push(`\nMedian ratio **${med.toFixed(4)}** (target ≤ 1.01: ${med <= 1.01 ? 'met' : '**not met**'})\n`);
     }
     if (only.includes('memory')) {
