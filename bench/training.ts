@@ -288,18 +288,37 @@ interface OverheadPair {
   /** CPU of GPU worker + dev server + control worker over each run: what supervision costs besides the trainer. */
   bareSideCpuMs: number;
   kilnSideCpuMs: number;
+  /** CPU of other processes on the machine during each run, % of one core. */
+  bareForeignPct: number;
+  kilnForeignPct: number;
   load: string;
 }
 
-function trainSpan(recs: Rec[]): { wallMs: number; cpuMs: number } {
+interface Span {
+  wallMs: number;
+  /** The trainer's own CPU from its first to its last step. */
+  cpuMs: number;
+  /** The trainer's CPU over its whole life (startup included), at exit. */
+  totalCpuMs: number;
+}
+
+function trainSpan(recs: Rec[]): Span {
   const steps = recs.filter((r) => r.event === 'step');
   if (steps.length < 2) throw new Error(`expected a first and a last step record, got ${JSON.stringify(recs)}`);
   const last = steps[steps.length - 1]!;
-  return { wallMs: last.t - steps[0]!.t, cpuMs: (last.cpu_ms ?? 0) - (steps[0]!.cpu_ms ?? 0) };
+  const exit = recs.find((r) => r.event === 'exit');
+  return { wallMs: last.t - steps[0]!.t, cpuMs: (last.cpu_ms ?? 0) - (steps[0]!.cpu_ms ?? 0), totalCpuMs: exit?.cpu_ms ?? last.cpu_ms ?? 0 };
+}
+
+/** Busy CPU ms of the whole machine, all cores (from /proc/stat). */
+function machineBusyMs(): number {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq, steal] = f as number[];
+  return (user + nice + system + irq + softirq + steal) * 10;
 }
 
 /** The same trainer spawned directly, with Kiln's environment and a plain reader on fd 3. */
-async function bareRun(params: Record<string, unknown>): Promise<{ wallMs: number; cpuMs: number }> {
+async function bareRun(params: Record<string, unknown>): Promise<Span> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-bench-bare-'));
   const file = path.join(dir, 'bench-events.jsonl');
   const log = fs.openSync(path.join(dir, 'trainer.log'), 'a');
@@ -371,13 +390,12 @@ function kilnSideCpuMs(workerPid: number): number {
   return cpuMsOf(workerPid) + (srv ? cpuMsOf(srv) : 0) + (self.user + self.system) / 1000;
 }
 
-async function kilnRun(env: KilnTestEnv, workerPid: number, params: Record<string, unknown>): Promise<{ wallMs: number; cpuMs: number; workerCpuMs: number; sideCpuMs: number }> {
+async function kilnRun(env: KilnTestEnv, workerPid: number, params: Record<string, unknown>): Promise<Span & { workerCpuMs: number }> {
   const cpu0 = cpuMsOf(workerPid);
-  const side0 = kilnSideCpuMs(workerPid);
   const h = await env.submit('bench', { params });
   await h.result();
   const workerCpuMs = cpuMsOf(workerPid) - cpu0;
-  return { ...trainSpan(readRecs(recFile(env, h.workflowId))), workerCpuMs, sideCpuMs: kilnSideCpuMs(workerPid) - side0 };
+  return { ...trainSpan(readRecs(recFile(env, h.workflowId))), workerCpuMs };
 }
 
 async function benchOverhead(env: KilnTestEnv, workers: Workers, pairs: number, jobSeconds: number): Promise<{ steps: number; cpuIters: number; pairs: OverheadPair[] }> {
@@ -395,19 +413,25 @@ async function benchOverhead(env: KilnTestEnv, workers: Workers, pairs: number, 
     const bareFirst = i % 2 === 0;
     const l = load();
     const workerPid = workers.live[0]!.pid;
-    let bare: { wallMs: number; cpuMs: number; sideCpuMs: number };
-    let kiln: { wallMs: number; cpuMs: number; workerCpuMs: number; sideCpuMs: number };
-    const bareWithSide = async () => {
+    // Other tenants of this VM: machine busy CPU minus ours (trainer, worker, server, this process),
+    // as a share of one core over the run. A pair with a high share measured the neighbours, not Kiln.
+    const measured = async <T extends Span>(run: () => Promise<T>): Promise<T & { sideCpuMs: number; foreignPct: number }> => {
       const side0 = kilnSideCpuMs(workerPid);
-      const r = await bareRun(params);
-      return { ...r, sideCpuMs: kilnSideCpuMs(workerPid) - side0 };
+      const busy0 = machineBusyMs();
+      const t0 = Date.now();
+      const r = await run();
+      const sideCpuMs = kilnSideCpuMs(workerPid) - side0;
+      const foreign = machineBusyMs() - busy0 - sideCpuMs - r.totalCpuMs;
+      return { ...r, sideCpuMs, foreignPct: (100 * Math.max(0, foreign)) / (Date.now() - t0) };
     };
+    let bare: Span & { sideCpuMs: number; foreignPct: number };
+    let kiln: Span & { workerCpuMs: number; sideCpuMs: number; foreignPct: number };
     if (bareFirst) {
-      bare = await bareWithSide();
-      kiln = await kilnRun(env, workerPid, params);
+      bare = await measured(() => bareRun(params));
+      kiln = await measured(() => kilnRun(env, workerPid, params));
     } else {
-      kiln = await kilnRun(env, workerPid, params);
-      bare = await bareWithSide();
+      kiln = await measured(() => kilnRun(env, workerPid, params));
+      bare = await measured(() => bareRun(params));
     }
     const p: OverheadPair = {
       order: bareFirst ? 'bare, Kiln' : 'Kiln, bare',
@@ -419,11 +443,13 @@ async function benchOverhead(env: KilnTestEnv, workers: Workers, pairs: number, 
       workerCpuMs: kiln.workerCpuMs,
       bareSideCpuMs: bare.sideCpuMs,
       kilnSideCpuMs: kiln.sideCpuMs,
+      bareForeignPct: bare.foreignPct,
+      kilnForeignPct: kiln.foreignPct,
       load: l,
     };
     out.push(p);
     console.error(
-      `  overhead pair ${i + 1}/${pairs} (${p.order}): bare ${ms(p.bareMs)}, Kiln ${ms(p.kilnMs)}, ratio ${p.ratio.toFixed(4)} (trainer CPU ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)}; worker CPU ${ms(p.workerCpuMs)}; worker+server+control CPU bare ${ms(p.bareSideCpuMs)} / Kiln ${ms(p.kilnSideCpuMs)}; load ${l} → ${load()})`,
+      `  overhead pair ${i + 1}/${pairs} (${p.order}): bare ${ms(p.bareMs)}, Kiln ${ms(p.kilnMs)}, ratio ${p.ratio.toFixed(4)} (trainer CPU ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)}; worker CPU ${ms(p.workerCpuMs)}; worker+server+control CPU bare ${ms(p.bareSideCpuMs)} / Kiln ${ms(p.kilnSideCpuMs)}; other tenants ${p.bareForeignPct.toFixed(0)} % / ${p.kilnForeignPct.toFixed(0)} % of a core; load ${l} → ${load()})`,
     );
   }
   return { steps, cpuIters, pairs: out };
@@ -577,12 +603,16 @@ async function main(): Promise<void> {
       const med = stats(o.pairs.map((p) => p.ratio)).median;
       md.push(`Overhead: CPU-bound trainer, ${o.steps} steps × ${o.cpuIters} iterations, progress event every step, checkpoint every 100 steps.\n`);
       md.push(
-        '| pair | order | bare | under Kiln | ratio | trainer CPU bare / Kiln | GPU worker CPU in Kiln run | worker+server+control CPU bare / Kiln | load avg at start |\n|---|---|---|---|---|---|---|---|---|',
+        '| pair | order | bare | under Kiln | ratio | trainer CPU bare / Kiln | GPU worker CPU in Kiln run | worker+server+control CPU bare / Kiln | other tenants bare / Kiln (% of a core) | load avg at start |\n|---|---|---|---|---|---|---|---|---|---|',
       );
       o.pairs.forEach((p, i) =>
         md.push(
-          `| ${i + 1} | ${p.order} | ${ms(p.bareMs)} | ${ms(p.kilnMs)} | ${p.ratio.toFixed(4)} | ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)} | ${ms(p.workerCpuMs)} (${((100 * p.workerCpuMs) / p.kilnMs).toFixed(1)} % of a core) | ${ms(p.bareSideCpuMs)} / ${ms(p.kilnSideCpuMs)} | ${p.load} |`,
+          `| ${i + 1} | ${p.order} | ${ms(p.bareMs)} | ${ms(p.kilnMs)} | ${p.ratio.toFixed(4)} | ${ms(p.bareCpuMs)} / ${ms(p.kilnCpuMs)} | ${ms(p.workerCpuMs)} (${((100 * p.workerCpuMs) / p.kilnMs).toFixed(1)} % of a core) | ${ms(p.bareSideCpuMs)} / ${ms(p.kilnSideCpuMs)} | ${p.bareForeignPct.toFixed(0)} / ${p.kilnForeignPct.toFixed(0)} | ${p.load} |`,
         ),
+      );
+      const quiet = o.pairs.filter((p) => p.bareForeignPct < 10 && p.kilnForeignPct < 10);
+      md.push(
+        `\nPairs where other tenants used < 10 % of a core in both runs: ${quiet.length}/${o.pairs.length}${quiet.length ? `, median ratio ${stats(quiet.map((p) => p.ratio)).median.toFixed(4)} (${quiet.map((p) => p.ratio.toFixed(4)).join(', ')})` : ''}.`,
       );
       const extra = o.pairs.map((p) => (p.kilnSideCpuMs - p.bareSideCpuMs * (p.kilnMs / p.bareMs)) / p.kilnMs);
       md.push(`\nSupervision CPU besides the trainer (Kiln run minus the same span idle during the bare run): median ${(100 * stats(extra).median).toFixed(1)} % of one core.`);
