@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The whole test suite: node:test files in dist/test (built by `pretest`), then the Python kit's
-// pytest suite. Prints one closing line "tests: N passed, N failed".
-import { spawnSync } from 'node:child_process';
+// pytest suite. Output streams as it comes; the last line is "tests: N passed, N failed".
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -15,31 +15,38 @@ const files = fs
   .sort()
   .map((f) => path.join(testDir, f));
 
-// Each test file starts its own dev server. Against one shared server (TEMPORAL_ADDRESS) files run one at
-// a time, because GPU task queues (kiln-gpu-<pool>) are shared there.
+/** Runs a command, streaming its stdout through while keeping a copy to count results. */
+function run(cmd, args) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      process.stdout.write(d);
+    });
+    child.on('close', (status) => resolve({ status, out }));
+  });
+}
+
+// Each test file starts its own dev server. Against one shared server (TEMPORAL_ADDRESS) files run one
+// at a time, because GPU task queues (kiln-gpu-<pool>) are shared there.
 const concurrency = process.env.KILN_TEST_CONCURRENCY ?? (process.env.TEMPORAL_ADDRESS ? '1' : '2');
 const t0 = Date.now();
-const node = spawnSync(process.execPath, ['--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files], {
-  cwd: root,
-  stdio: ['ignore', 'pipe', 'inherit'],
-  encoding: 'utf8',
-  maxBuffer: 256 * 1024 * 1024,
-});
-process.stdout.write(node.stdout ?? '');
-const num = (re) => Number((node.stdout ?? '').match(re)?.[1] ?? 0);
-let passed = num(/ℹ pass (\d+)/);
-let failed = num(/ℹ fail (\d+)/) + num(/ℹ cancelled (\d+)/);
-if (node.status !== 0 && failed === 0) failed = 1;
-
+let passed = 0;
+let failed = 0;
+if (files.length) {
+  const node = await run(process.execPath, ['--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files]);
+  const num = (re) => Number(node.out.match(re)?.[1] ?? 0);
+  passed += num(/ℹ pass (\d+)/);
+  failed += num(/ℹ fail (\d+)/) + num(/ℹ cancelled (\d+)/);
+  if (node.status !== 0 && failed === 0) failed = 1;
+}
 if (only.length === 0 || only.includes('python')) {
-  const py = spawnSync('python3', ['-m', 'pytest', '-q', 'python/tests'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
-  process.stdout.write(py.stdout ?? '');
-  const m = (py.stdout ?? '').match(/(\d+) passed/);
-  const f = (py.stdout ?? '').match(/(\d+) failed/);
-  const e = (py.stdout ?? '').match(/(\d+) error/);
-  passed += Number(m?.[1] ?? 0);
-  failed += Number(f?.[1] ?? 0) + Number(e?.[1] ?? 0);
-  if (py.status !== 0 && !f && !e) failed += 1;
+  const py = await run('python3', ['-m', 'pytest', '-q', 'python/tests']);
+  const count = (re) => Number(py.out.match(re)?.[1] ?? 0);
+  passed += count(/(\d+) passed/);
+  const pyFailed = count(/(\d+) failed/) + count(/(\d+) errors?/);
+  failed += pyFailed || (py.status !== 0 ? 1 : 0);
 }
 console.log(`\nsuite took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
 console.log(`tests: ${passed} passed, ${failed} failed`);
