@@ -53,6 +53,8 @@ interface RunResult {
   registryVersions: number;
   registryDistinctJobs: number;
   retried: number;
+  /** The slowest jobs, when far slower than the rest: what their histories say. */
+  stragglers: Array<{ jobId: string; completedMs: number; trainerStartMs: number | null; why: string }>;
   rssKiB: Record<string, { start: number; max: number; end: number }>;
   loadavg: number[];
 }
@@ -146,6 +148,14 @@ async function oneRun(env: KilnTestEnv, run: number, o: { jobs: number; steps: n
     if (visible.length >= o.jobs) break;
     await new Promise((r) => setTimeout(r, 200));
   }
+  const doneMs = samples.map((x) => x.completedMs ?? Infinity);
+  const slowLimit = 1.5 * percentile(doneMs.filter(Number.isFinite), 90);
+  const stragglers: RunResult['stragglers'] = [];
+  for (const x of [...samples].sort((a, b) => (b.completedMs ?? Infinity) - (a.completedMs ?? Infinity)).slice(0, 5)) {
+    if ((x.completedMs ?? Infinity) <= slowLimit) break;
+    stragglers.push({ jobId: x.jobId, completedMs: x.completedMs ?? NaN, trainerStartMs: x.trainerStartMs, why: await diagnose(env, x.jobId) });
+  }
+
   const reg = new SqliteModelRegistry(path.join(env.home, 'registry.sqlite'));
   const versions = reg.list().filter((v) => v.jobId.startsWith(`${prefix}-`));
   reg.close();
@@ -163,9 +173,38 @@ async function oneRun(env: KilnTestEnv, run: number, o: { jobs: number; steps: n
     registryVersions: versions.length,
     registryDistinctJobs: new Set(versions.map((v) => v.jobId)).size,
     retried: samples.filter((s) => s.attempts > 1).length,
+    stragglers,
     rssKiB: rss,
     loadavg: os.loadavg(),
   };
+}
+
+// temporal.api.enums.v1.TimeoutType
+const TIMEOUT_TYPES: Record<number, string> = { 1: 'start-to-close', 2: 'schedule-to-start', 3: 'schedule-to-close', 4: 'heartbeat' };
+
+/** Retries and timeouts in a job's history, e.g. "prepareJob attempt 2 after: activity StartToClose timeout". */
+async function diagnose(env: KilnTestEnv, jobId: string): Promise<string> {
+  try {
+    const events = (await env.client.workflow.getHandle(jobId).fetchHistory()).events ?? [];
+    const typeOf = new Map<string, string>();
+    const out: string[] = [];
+    let wfTaskTimeouts = 0;
+    for (const e of events) {
+      const id = String(e.eventId);
+      if (e.activityTaskScheduledEventAttributes) typeOf.set(id, e.activityTaskScheduledEventAttributes.activityType?.name ?? '?');
+      const st = e.activityTaskStartedEventAttributes;
+      if (st && (st.attempt ?? 1) > 1) {
+        const f = st.lastFailure;
+        const t = f?.timeoutFailureInfo?.timeoutType;
+        out.push(`${typeOf.get(String(st.scheduledEventId)) ?? '?'} attempt ${st.attempt} after ${t ? `a ${TIMEOUT_TYPES[Number(t)] ?? String(t)} timeout` : (f?.message ?? '?').slice(0, 80)}`);
+      }
+      if (e.workflowTaskTimedOutEventAttributes) wfTaskTimeouts += 1;
+    }
+    if (wfTaskTimeouts) out.push(`${wfTaskTimeouts} workflow task timeout(s)`);
+    return out.join('; ') || 'no retry or timeout in history (slow, not lost)';
+  } catch (err) {
+    return `history unavailable: ${String(err).slice(0, 80)}`;
+  }
 }
 
 const ms = (v: number) => `${Math.round(v)} ms`;
@@ -211,6 +250,15 @@ function loadTables(runs: RunResult[], cmd: string, date: string): string {
   lines.push(`| registry: versions / distinct job ids per run | ${runs.map((r) => `${r.registryVersions}/${r.registryDistinctJobs}`).join(', ')} |`);
   lines.push(`| jobs whose training ran more than once | ${perRun((r) => r.retried).join(', ')} |`);
   lines.push('');
+  const slow = runs.flatMap((r) => r.stragglers.map((x) => ({ run: r.run, ...x })));
+  if (slow.length) {
+    lines.push('Stragglers: jobs more than 1.5 × their run\'s p90 of submit → completed, and what their histories show.');
+    lines.push('');
+    lines.push('| run | job | submit → trainer started | submit → completed | history |');
+    lines.push('|---|---|---|---|---|');
+    for (const x of slow) lines.push(`| ${x.run} | ${x.jobId} | ${x.trainerStartMs === null ? '–' : ms(x.trainerStartMs)} | ${ms(x.completedMs)} | ${x.why} |`);
+    lines.push('');
+  }
   lines.push('| worker RSS (VmRSS) | before run 1 | max, any run | after the last run |');
   lines.push('|---|---|---|---|');
   for (const name of Object.keys(r0.rssKiB)) {
@@ -317,6 +365,7 @@ async function main(): Promise<void> {
         `run ${run}/${runs}: ${r.jobs} jobs in ${(r.wallMs / 1000).toFixed(1)} s (${r.jobsPerSec.toFixed(2)} jobs/s); start call p95 ${ms(percentile(r.samples.map((s) => s.startCallMs), 95))}; submit→trainer p50 ${ms(median(st))} p95 ${ms(percentile(st, 95))}; submit→completed p50 ${ms(median(dn))} p95 ${ms(percentile(dn, 95))}; ` +
           `max trainers ${r.maxConcurrentTrainers}/${r.totalSlots}; visibility ${r.visibilityDistinct}; registry ${r.registryVersions}/${r.registryDistinctJobs}; retried ${r.retried}; completed ${r.samples.filter((s) => s.outcome === 'completed').length}`,
       );
+      for (const x of r.stragglers) console.error(`  straggler ${x.jobId}: trainer at ${x.trainerStartMs} ms, completed at ${x.completedMs} ms: ${x.why}`);
       const bad = r.samples.filter((s) => s.outcome !== 'completed');
       if (bad.length) console.error(`  not completed: ${bad.slice(0, 5).map((b) => `${b.jobId}: ${b.outcome}`).join('; ')}`);
     }
