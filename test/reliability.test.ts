@@ -50,13 +50,14 @@ const expect = (o: Partial<RecoveryExpectation> & Pick<RecoveryExpectation, 'tra
   ...o,
 });
 
-export function reliabilityConfig(): string {
+function reliabilityConfig(): string {
   return defaultConfigYaml({
     trainers: `  example-gpu-eval:
     command: [node, ${EXAMPLE_TRAINER}]
     params:${EXAMPLE_TRAINER_PARAMS}
     evaluate:
-      command: [node, ${EXAMPLE_TRAINER}]
+      # Held open for 2 s, so the worker kill lands while the evaluate command runs, even on a busy machine.
+      command: [sh, -c, 'sleep 2; exec node ${EXAMPLE_TRAINER}']
       queue: gpu
   flood:
     command: [node, ${path.join(FIXTURES, 'flood-trainer.mjs')}]
@@ -90,8 +91,8 @@ function trainerOf(env: KilnTestEnv, jobId: string): number | undefined {
   return jobProcesses(env.home, jobId).find((p) => p.mode === 'train')?.pid;
 }
 
-// Registration recovery waits out registerVersion's start-to-close timeout (no heartbeat timeout):
-// about two idle minutes, so that suite runs beside the others instead of after them.
+// Registration recovery waits out registerVersion's start-to-close timeout (30 s, no heartbeat
+// timeout), so that suite runs beside the others instead of after them.
 describe('reliability', { concurrency: true }, () => {
   describe('control worker killed during registration', { concurrency: 1 }, () => {
     let env: KilnTestEnv;

@@ -115,7 +115,7 @@ describe('TrainingJob', () => {
   });
 
   test('pause then resume continues from the pause checkpoint, not step 0', async () => {
-    const h = await env.submit('spirals', { params: { epochs: 3, steps_per_epoch: 20, step_delay_ms: 40, checkpoint_every: 5 } });
+    const h = await env.submit('spirals', { params: { epochs: 10, steps_per_epoch: 20, step_delay_ms: 40, checkpoint_every: 5 } });
     await waitFor(async () => (await h.query(progressQuery)).step >= 12, 20_000, 'step 12');
     await run(temporalBinary(), ['workflow', 'signal', '--address', env.address, '--workflow-id', h.workflowId, '--name', 'pause']);
     const paused = await waitFor(async () => {
@@ -130,7 +130,7 @@ describe('TrainingJob', () => {
     await run(temporalBinary(), ['workflow', 'signal', '--address', env.address, '--workflow-id', h.workflowId, '--name', 'resume']);
     const s = (await h.result()) as JobSummary;
     assert.equal(s.outcome, 'completed');
-    assert.equal(s.training_metrics.steps, 60);
+    assert.equal(s.training_metrics.steps, 200);
     assert.deepEqual(s.session_info.resume, { from_step: pauseStep, first_step: pauseStep + 1 });
     assert.match(readTrainerLog(env, h.workflowId), new RegExp(`resuming from step ${pauseStep}`));
   });

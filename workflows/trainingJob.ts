@@ -335,7 +335,8 @@ function evaluateOptions(p: PreparedJob, taskQueue: string): ActivityOptions {
 
 function controlOptions(): ActivityOptions {
   return {
-    startToCloseTimeout: '2m',
+    // Registry writes take milliseconds: a control worker that died mid-call is retried after 30 s.
+    startToCloseTimeout: '30s',
     retry: { maximumAttempts: 10, initialInterval: '1s', maximumInterval: '20s', nonRetryableErrorTypes: NON_RETRYABLE_TYPES },
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   };

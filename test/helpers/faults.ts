@@ -51,6 +51,8 @@ export function watchJob(env: KilnTestEnv, jobId: string, intervalMs = 20): JobW
     if (live.some((p) => p.mode === 'train' && isSupervised(p.pid))) w.maxOnDisk = Math.max(w.maxOnDisk, files);
     w.maxInManifest = Math.max(w.maxInManifest, readManifest(dir).length);
   }, intervalMs);
+  // A test that fails before stop() must not keep its test process alive (and the suite waiting) forever.
+  timer.unref();
   return w;
 }
 
@@ -109,7 +111,10 @@ export async function assertRecovered(env: KilnTestEnv, h: WorkflowHandle, watch
   assert.ok(watch.maxInManifest <= e.retention, `manifest held ${watch.maxInManifest} checkpoints; retention allows ${e.retention}`);
   assert.ok(watch.maxOnDisk <= e.retention + 1, `saw ${watch.maxOnDisk} checkpoint files on disk while a trainer ran; retention allows ${e.retention} (+1 in flight)`);
   const finalFiles = checkpointFiles(env, jobId);
-  if (process.env.KILN_TEST_DEBUG) console.log(`  final checkpoint files: ${finalFiles.join(", ")}\n${fs.readFileSync(path.join(jobDir(env, jobId), "trainer.log"), "utf8").split("\n").filter((l) => /kiln:|SIGTERM|stopped|resum|fault/.test(l)).join("\n")}`);
+  if (process.env.KILN_TEST_DEBUG) {
+    const log = fs.readFileSync(path.join(jobDir(env, jobId), 'trainer.log'), 'utf8').split('\n');
+    console.log(`  final checkpoint files: ${finalFiles.join(', ')}\n${log.filter((l) => /kiln:|SIGTERM|stopped|resum|fault/.test(l)).join('\n')}`);
+  }
   assert.ok(finalFiles.length <= e.retention, `after the job: ${finalFiles.length} checkpoint files (${finalFiles.join(', ')}); retention allows ${e.retention}`);
 
   assert.equal(registryVersionsForJob(env.home, jobId), 1, 'registry holds exactly one version for the job');
