@@ -340,6 +340,9 @@ async function bareRun(params: Record<string, unknown>): Promise<Span> {
       KILN_BENCH_EVENTS: file,
     },
     stdio: ['pipe', log, log, 'pipe'],
+    // Own session, as the shim gives the trainer under Kiln: with the kernel's sched autogroup a
+    // session is a scheduling group, and the bare trainer must not share one with the bench's workers.
+    detached: true,
   });
   fs.closeSync(log);
   let lines = 0;
