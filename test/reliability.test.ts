@@ -154,7 +154,9 @@ describe('reliability', { concurrency: true }, () => {
 
       test('SIGKILL the GPU worker during a checkpoint write: resume from the previous verified checkpoint', async () => {
         await twoGpuWorkers();
-        const h = await env.submit('spirals', { params: PARAMS });
+        // Each checkpoint write holds its temp file 400 ms before the rename (a large checkpoint), so the
+        // kill below lands inside a write even on a busy machine.
+        const h = await env.submit('spirals', { params: { ...PARAMS, checkpoint_write_ms: 400 } });
         const dir = jobDir(env, h.workflowId);
         const watch = watchJob(env, h.workflowId);
         await waitFor(() => lastVerifiedStep(dir) >= 10, 30_000, 'a verified checkpoint at step >= 10');

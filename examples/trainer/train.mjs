@@ -131,8 +131,11 @@ function writeAllSync(fd, buf) {
   }
 }
 
-/** Write a file atomically: `<file>.tmp`, fsync, rename, fsync the directory. */
-function writeFileAtomic(file, text) {
+/**
+ * Write a file atomically: `<file>.tmp`, fsync, rename, fsync the directory. `holdMs` keeps the
+ * temp file in place that long before the rename, like the write of a large checkpoint.
+ */
+function writeFileAtomic(file, text, holdMs = 0) {
   const tmp = `${file}.tmp`;
   const fd = fs.openSync(tmp, 'w');
   try {
@@ -141,6 +144,7 @@ function writeFileAtomic(file, text) {
   } finally {
     fs.closeSync(fd);
   }
+  if (holdMs > 0) syncSleepMs(holdMs);
   fs.renameSync(tmp, file);
   try {
     const dfd = fs.openSync(path.dirname(file), 'r');
@@ -205,6 +209,7 @@ const DEFAULTS = Object.freeze({
   seed: 1,
   step_delay_ms: 0,
   checkpoint_every: null, // = steps_per_epoch
+  checkpoint_write_ms: 0, // extra time a checkpoint write takes (tests: kill "during" a write)
   dataset: 'spirals',
   activation: 'tanh',
   samples: 1000,
@@ -265,6 +270,7 @@ function parseParams(rawText) {
   }
   if (p.checkpoint_every === null) p.checkpoint_every = p.steps_per_epoch;
   int('checkpoint_every', 1, 1_000_000_000);
+  int('checkpoint_write_ms', 0, 60_000);
   oneOf('dataset', DATASETS);
   oneOf('activation', ACTIVATIONS);
 
@@ -708,7 +714,7 @@ async function trainMode(p) {
   });
   const checkpoint = (n) => {
     if (lastCkptStep !== n) {
-      writeFileAtomic(ckptPath(n), serializeCheckpoint(ckptPayload(n)));
+      writeFileAtomic(ckptPath(n), serializeCheckpoint(ckptPayload(n)), p.checkpoint_write_ms);
       lastCkptStep = n;
       lastCkptPath = ckptPath(n);
     }

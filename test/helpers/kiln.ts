@@ -61,6 +61,7 @@ export const EXAMPLE_TRAINER_PARAMS = `
       seed: { type: integer, min: 0, default: 1 }
       step_delay_ms: { type: integer, min: 0, max: 60000, default: 0 }
       checkpoint_every: { type: integer, min: 1 }
+      checkpoint_write_ms: { type: integer, min: 0, max: 60000 }
       samples: { type: integer, min: 50, max: 100000 }
       dataset: { type: enum, values: [spirals, blobs], default: spirals }
       fault: { type: enum, values: [crash, hang, exit2, garbage, truncate] }
