@@ -16,6 +16,7 @@
  * Writes the "## Reliability and load (issue 7)" section of BENCHMARKS.md (other sections are left as
  * they are), including the chaos recovery figures found in .kiln/chaos/*.json (npm run chaos).
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -210,7 +211,7 @@ async function diagnose(env: KilnTestEnv, jobId: string): Promise<string> {
 const ms = (v: number) => `${Math.round(v)} ms`;
 const mib = (kib: number) => `${(kib / 1024).toFixed(0)} MiB`;
 
-function loadTables(runs: RunResult[], cmd: string, date: string): string {
+function loadTables(runs: RunResult[], cmd: string, date: string, commit: string): string {
   const all = runs.flatMap((r) => r.samples);
   const call = all.map((s) => s.startCallMs);
   const start = all.map((s) => s.trainerStartMs).filter((v): v is number => v !== null);
@@ -225,7 +226,7 @@ function loadTables(runs: RunResult[], cmd: string, date: string): string {
   lines.push(`### Load: ${r0.jobs} jobs × ${runs.length} runs`);
   lines.push('');
   lines.push(`Run ${date} on ${machine()} (the 2-core VM, shared with other engineers' test runs: 1-minute load average after each run ${runs.map((r) => r.loadavg[0]!.toFixed(1)).join(', ')}).`);
-  lines.push(`Command: \`${cmd}\`. Real dev server (createLocal), a control worker process, ${Object.keys(r0.rssKiB).length - 1} GPU-pool worker processes with ${r0.totalSlots / (Object.keys(r0.rssKiB).length - 1)} CPU slots each (${r0.totalSlots} slots), the example trainer with a few steps per job and its evaluate command on the control worker; all jobs submitted at once per run, workers kept up across runs.`);
+  lines.push(`Command: \`${cmd}\` at commit ${commit}. Real dev server (createLocal), a control worker process, ${Object.keys(r0.rssKiB).length - 1} GPU-pool worker processes with ${r0.totalSlots / (Object.keys(r0.rssKiB).length - 1)} CPU slots each (${r0.totalSlots} slots), the example trainer with a few steps per job and its evaluate command on the control worker; all jobs submitted at once per run, workers kept up across runs.`);
   lines.push('');
   lines.push('Latencies are per job, pooled over all runs; "per-run p95" is the spread of each run\'s own p95. Each run submits all its jobs at once, so most of submit → trainer started is queueing for a slot: 200 jobs on 8 slots.');
   lines.push('');
@@ -265,8 +266,8 @@ function loadTables(runs: RunResult[], cmd: string, date: string): string {
   }
   if (slow.length && slow.every((x) => /(prepareJob|registerVersion|evaluate|resolveApproval) attempt \d+ after a start-to-close timeout/.test(x.why))) {
     notes.push(
-      `Every straggler is a control activity that was recorded as started but whose completion never reached the server (the overloaded dev server logged "context deadline exceeded" on workflow updates during these runs), retried only when its 2-minute start-to-close timeout ran out. They set most runs' wall time, and so the jobs/s figure; without them a run ends about when the last regular job does. ` +
-        'Control activities carry no heartbeat timeout and a 2-minute start-to-close timeout (workflows/trainingJob.ts), the same wait a control worker killed mid-activity costs (reliability test: 121 s).',
+      `Every straggler is a control activity that was recorded as started but whose completion never reached the server (the overloaded dev server logged "context deadline exceeded" on workflow updates during these runs), retried only when its start-to-close timeout ran out. They set most runs' wall time, and so the jobs/s figure; without them a run ends about when the last regular job does. ` +
+        'Control activities carry no heartbeat timeout, so a lost one waits out its whole start-to-close timeout, the same wait a control worker killed mid-activity costs (docs/reliability.md).',
     );
   }
   if (notes.length) {
@@ -356,10 +357,16 @@ async function main(): Promise<void> {
   const steps = Number(values.steps);
   const cmd = `npm run build && node dist/bench/load.js --jobs ${jobs} --runs ${runs} --workers ${workers} --slots ${slots} --steps ${steps}`;
   const date = new Date().toISOString();
+  let commit = '(unknown)';
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO, encoding: 'utf8' }).trim();
+  } catch {
+    /* not a git checkout */
+  }
   if (values['from-json']) {
     // Re-render the section from a saved --json file, without running anything.
-    const saved = JSON.parse(fs.readFileSync(values['from-json'], 'utf8')) as { date: string; command: string; runs: RunResult[] };
-    const text = [loadTables(saved.runs, saved.command, saved.date), '', chaosTables()].join('\n');
+    const saved = JSON.parse(fs.readFileSync(values['from-json'], 'utf8')) as { date: string; command: string; commit?: string; runs: RunResult[] };
+    const text = [loadTables(saved.runs, saved.command, saved.date, saved.commit ?? '(not recorded)'), '', chaosTables()].join('\n');
     console.log(text);
     if (!values['no-write']) writeSection(path.join(REPO, 'BENCHMARKS.md'), text);
     return;
@@ -398,13 +405,13 @@ async function main(): Promise<void> {
     await control?.exited;
     await env.cleanup();
   }
-  const body = [loadTables(results, cmd, date), '', chaosTables()].join('\n');
+  const body = [loadTables(results, cmd, date, commit), '', chaosTables()].join('\n');
   console.log(body);
   if (!values['no-write']) {
     writeSection(path.join(REPO, 'BENCHMARKS.md'), body);
     console.error(`wrote ${SECTION} in ${path.join(REPO, 'BENCHMARKS.md')}`);
   }
-  if (values.json) fs.writeFileSync(values.json, JSON.stringify({ date, machine: machine(), command: cmd, runs: results }, null, 1));
+  if (values.json) fs.writeFileSync(values.json, JSON.stringify({ date, machine: machine(), command: cmd, commit, runs: results }, null, 1));
   const failed = results.some((r) => r.maxConcurrentTrainers > r.totalSlots || r.samples.some((s) => s.outcome !== 'completed') || r.visibilityDistinct !== r.jobs || r.registryDistinctJobs !== r.jobs || r.registryVersions !== r.jobs);
   if (failed) {
     console.error('load bench: a check failed (see the table)');
