@@ -27,6 +27,7 @@ import { SqliteModelRegistry } from '../src/registry/sqlite';
 import { chaosOutDir, machine, parseAttemptHeaders, type ChaosFile } from '../test/helpers/chaos';
 import { defaultConfigYaml, jobDir, REPO, startKilnEnv, type GpuWorkerProc, type KilnTestEnv } from '../test/helpers/kiln';
 import { jobProcesses, median, percentile, rssKiB, startControlWorkerProcess, type ChildProc } from '../test/helpers/processes';
+import { writeSection } from './report';
 
 const SECTION = '## Reliability and load (issue 7)';
 
@@ -319,24 +320,6 @@ function chaosTables(): string {
   return lines.join('\n');
 }
 
-function writeSection(file: string, body: string): void {
-  let text = '';
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    text = '# Benchmarks\n';
-  }
-  const section = `${SECTION}\n\n${body.trim()}\n`;
-  const start = text.indexOf(`${SECTION}\n`);
-  if (start < 0) {
-    text = `${text.trimEnd()}\n\n${section}`;
-  } else {
-    const next = text.indexOf('\n## ', start + SECTION.length);
-    text = `${text.slice(0, start)}${section}${next < 0 ? '' : text.slice(next)}`;
-  }
-  fs.writeFileSync(file, text.endsWith('\n') ? text : `${text}\n`);
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -368,7 +351,7 @@ async function main(): Promise<void> {
     const saved = JSON.parse(fs.readFileSync(values['from-json'], 'utf8')) as { date: string; command: string; commit?: string; runs: RunResult[] };
     const text = [loadTables(saved.runs, saved.command, saved.date, saved.commit ?? '(not recorded)'), '', chaosTables()].join('\n');
     console.log(text);
-    if (!values['no-write']) writeSection(path.join(REPO, 'BENCHMARKS.md'), text);
+    if (!values['no-write']) writeSection(path.join(REPO, 'BENCHMARKS.md'), SECTION, text);
     return;
   }
 
@@ -408,7 +391,7 @@ async function main(): Promise<void> {
   const body = [loadTables(results, cmd, date, commit), '', chaosTables()].join('\n');
   console.log(body);
   if (!values['no-write']) {
-    writeSection(path.join(REPO, 'BENCHMARKS.md'), body);
+    writeSection(path.join(REPO, 'BENCHMARKS.md'), SECTION, body);
     console.error(`wrote ${SECTION} in ${path.join(REPO, 'BENCHMARKS.md')}`);
   }
   if (values.json) fs.writeFileSync(values.json, JSON.stringify({ date, machine: machine(), command: cmd, commit, runs: results }, null, 1));

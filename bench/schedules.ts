@@ -20,6 +20,7 @@ import { scheduleId, trainingIdFor } from '../src/retrain';
 import { startRetrain, syncSchedules, triggerSchedule } from '../src/schedules';
 import { datasetFingerprint } from '../src/fingerprint';
 import { defaultConfigYaml, jobDir, startKilnEnv, waitFor, type KilnTestEnv } from '../test/helpers/kiln';
+import { writeSection } from './report';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const SECTION = '## Schedules (issue 4)';
@@ -198,24 +199,6 @@ async function benchStorm(env: KilnTestEnv, round: number, size: number): Promis
 }
 
 /** Replaces this benchmark's section of BENCHMARKS.md, leaving other sections as they are. */
-function writeSection(file: string, body: string): void {
-  let text = '';
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    text = '# Benchmarks\n';
-  }
-  const section = `${SECTION}\n\n${body.trim()}\n`;
-  const start = text.indexOf(`${SECTION}\n`);
-  if (start < 0) {
-    text = `${text.trimEnd()}\n\n${section}`;
-  } else {
-    const next = text.indexOf('\n## ', start + SECTION.length);
-    text = `${text.slice(0, start)}${section}${next < 0 ? '' : text.slice(next)}`;
-  }
-  fs.writeFileSync(file, text.endsWith('\n') ? text : `${text}\n`);
-}
-
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -277,7 +260,7 @@ async function main(): Promise<void> {
   const body = md.join('\n');
   console.log(`${SECTION}\n\n${body}`);
   if (!values['no-write']) {
-    writeSection(path.join(REPO, 'BENCHMARKS.md'), body);
+    writeSection(path.join(REPO, 'BENCHMARKS.md'), SECTION, body);
     console.error(`wrote ${SECTION} in ${path.join(REPO, 'BENCHMARKS.md')}`);
   }
   if (values.json) fs.writeFileSync(values.json, JSON.stringify({ date, fires: fireSamples, storms: stormSamples }, null, 1));

@@ -171,7 +171,7 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
       final_loss: train?.finalLoss ?? (typeof latest?.metrics.loss === 'number' ? latest.metrics.loss : null),
       epochs: train?.epochs ?? latest?.epoch ?? null,
       steps: train?.steps ?? latest?.step ?? 0,
-      duration_ms: Date.parse(new Date().toISOString()) - Date.parse(startedAt),
+      duration_ms: Date.now() - Date.parse(startedAt),
     },
     validation_metrics: validation,
     resource_usage: { gpu_ids: train?.gpuIds ?? latest?.gpuIds ?? [], gpu: train?.gpu ?? latest?.gpu ?? null },
