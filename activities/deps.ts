@@ -4,7 +4,7 @@
  */
 import type { Client } from '@temporalio/client';
 import type { KilnConfig } from '../src/config/load';
-import type { GpuTelemetry } from '../src/job';
+import type { GpuTelemetry } from '../src/shared/progress';
 import type { Logger } from '../src/logger';
 import type { ModelRegistry } from '../src/registry/types';
 import type { GpuLeases } from '../src/supervisor/gpu';

@@ -4,8 +4,9 @@
  */
 import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
-import { ErrorType } from '../src/errors';
-import type { PreparedJob, TrainResult } from '../src/job';
+import { ErrorType } from '../src/shared/errors';
+import type { PreparedJob } from '../src/shared/spec';
+import type { TrainResult } from '../src/shared/summary';
 import { evaluatePromotion } from '../src/registry/promotion';
 import { RegistryError } from '../src/registry/types';
 import type { CommonDeps } from './deps';

@@ -4,11 +4,12 @@
  * temporal.yaml, so RetrainModel itself stays free of Node and config.
  */
 import { ApplicationFailure } from '@temporalio/common';
-import { ConfigError, ErrorType } from '../src/errors';
-import { datasetFingerprint } from '../src/fingerprint';
-import type { Trigger } from '../src/job';
-import { buildSpec, staticSummary, validateSpec } from '../src/jobs';
-import { DEFAULT_NEED_POLICY, evaluateNeed, trainingIdFor, type NeedPolicy, type RetrainCheck, type RetrainInput } from '../src/retrain';
+import { ConfigError, ErrorType } from '../src/shared/errors';
+import { unknownName } from '../src/shared/names';
+import { datasetFingerprint } from '../src/datasets/fingerprint';
+import { staticSummary, type Trigger } from '../src/shared/spec';
+import { buildSpec, validateSpec } from '../src/config/spec';
+import { DEFAULT_NEED_POLICY, evaluateNeed, trainingIdFor, type NeedPolicy, type RetrainCheck, type RetrainInput } from '../src/shared/retrain';
 import type { CommonDeps } from './deps';
 
 export interface CheckRetrainInput extends RetrainInput {
@@ -28,7 +29,7 @@ export function createRetrainActivities(deps: CommonDeps) {
       const m = config.models[input.model];
       if (!m) {
         throw ApplicationFailure.nonRetryable(
-          `RetrainModel: unknown model "${input.model}" (models in ${config.file}: ${Object.keys(config.models).join(', ') || 'none'}); run \`kiln schedules sync\` to remove schedules of deleted models`,
+          `RetrainModel: ${unknownName('model', input.model, Object.keys(config.models), config.file)}; run \`kiln schedules sync\` to remove schedules of deleted models`,
           ErrorType.InvalidJobSpec,
         );
       }

@@ -15,10 +15,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import type { RetrainResult } from '../src/retrain';
-import { scheduleId, trainingIdFor } from '../src/retrain';
-import { startRetrain, syncSchedules, triggerSchedule } from '../src/schedules';
-import { datasetFingerprint } from '../src/fingerprint';
+import type { RetrainResult } from '../src/shared/retrain';
+import { scheduleId, trainingIdFor } from '../src/shared/retrain';
+import { startRetrain, syncSchedules, triggerSchedule } from '../src/client/schedules';
+import { datasetFingerprint } from '../src/datasets/fingerprint';
 import { defaultConfigYaml, jobDir, startKilnEnv, waitFor, type KilnTestEnv } from '../test/helpers/kiln';
 import { writeSection } from './report';
 

@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { WorkflowHandle } from '@temporalio/client';
-import { cancelSignal } from '../src/defs';
+import { cancelSignal } from '../src/shared/messages';
 import { pidDir, pidfileFor, readPidfile } from '../src/supervisor/pidfiles';
 import { jobDir, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from '../test/helpers/kiln';
 

@@ -10,8 +10,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
-import { progressQuery } from '../src/defs';
-import { buildSpec, staticSummary } from '../src/jobs';
+import { progressQuery } from '../src/shared/messages';
+import { staticSummary } from '../src/shared/spec';
+import { buildSpec } from '../src/config/spec';
 import { freePort, startDevServer, type DevServer } from '../src/temporal/devServer';
 import { defaultConfigYaml, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
 

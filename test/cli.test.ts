@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WorkflowNotFoundError } from '@temporalio/client';
-import { TASK_QUEUE_CONTROL } from '../src/defs';
+import { TASK_QUEUE_CONTROL } from '../src/shared/messages';
 import { createLogger } from '../src/logger';
 import { freePort } from '../src/temporal/devServer';
 import { createControlWorker } from '../workers/control';

@@ -11,10 +11,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
-import { progressQuery } from '../src/defs';
-import type { JobSummary } from '../src/job';
-import { buildSpec, staticSummary } from '../src/jobs';
-import { KilnModel, KilnTrigger } from '../src/searchAttributes';
+import { progressQuery } from '../src/shared/messages';
+import type { JobSummary } from '../src/shared/summary';
+import { staticSummary } from '../src/shared/spec';
+import { buildSpec } from '../src/config/spec';
+import { KilnModel, KilnTrigger } from '../src/shared/searchAttributes';
 import { defaultConfigYaml, REPO, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const DOC = path.join(REPO, 'docs', 'operations.md');

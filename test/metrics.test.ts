@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { progressQuery } from '../src/defs';
+import { progressQuery } from '../src/shared/messages';
 import { freePort } from '../src/temporal/devServer';
 import { defaultConfigYaml, jobDir, startKilnEnv, waitFor, type KilnTestEnv } from './helpers/kiln';
 

@@ -12,12 +12,12 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import type { Worker } from '@temporalio/worker';
-import { progressQuery } from '../src/defs';
-import type { JobSummary } from '../src/job';
+import { progressQuery } from '../src/shared/messages';
+import type { JobSummary } from '../src/shared/summary';
 import { formatMetric } from '../src/registry/promotion';
 import { SCHEMA_VERSION, SqliteModelRegistry } from '../src/registry/sqlite';
 import type { ModelVersion } from '../src/registry/types';
-import { registryPath } from '../workers/common';
+import { registryPath } from '../src/registry/open';
 import { defaultConfigYaml, jobDir, KILN_BIN, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const execFileP = promisify(execFile);

@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { progressQuery } from '../src/defs';
-import type { JobSummary } from '../src/job';
+import { progressQuery } from '../src/shared/messages';
+import type { JobSummary } from '../src/shared/summary';
 import { isAlive } from '../src/supervisor/proc';
 import { defaultConfigYaml, readTrainerLog, REPO, startKilnEnv, trainerPids, waitFor, type KilnTestEnv } from './helpers/kiln';
 

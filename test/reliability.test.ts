@@ -10,11 +10,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { progressQuery } from '../src/defs';
-import type { JobSummary } from '../src/job';
+import { progressQuery } from '../src/shared/messages';
+import type { JobSummary } from '../src/shared/summary';
 import { pidfileFor, readPidfile } from '../src/supervisor/pidfiles';
 import { isAlive } from '../src/supervisor/proc';
-import { submitJob, buildSpec } from '../src/jobs';
+import { submitJob } from '../src/client/jobs';
+import { buildSpec } from '../src/config/spec';
 import { assertRecovered, stoppedAtStep, watchJob, type RecoveryExpectation } from './helpers/faults';
 import { defaultConfigYaml, EXAMPLE_TRAINER, EXAMPLE_TRAINER_PARAMS, jobDir, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
 import {

@@ -11,10 +11,10 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { ScheduleOverlapPolicy } from '@temporalio/client';
 import { parseConfigText } from '../src/config/load';
-import { ConfigError } from '../src/errors';
-import type { JobSummary } from '../src/job';
-import { evaluateNeed, retrainStateQuery, scheduleId, trainingIdFor, type RetrainResult } from '../src/retrain';
-import { backfillSchedule, desiredSchedules, listSchedules, ownedScheduleIds, pauseSchedule, startRetrain, syncSchedules, triggerSchedule } from '../src/schedules';
+import { ConfigError } from '../src/shared/errors';
+import type { JobSummary } from '../src/shared/summary';
+import { evaluateNeed, retrainStateQuery, scheduleId, trainingIdFor, type RetrainResult } from '../src/shared/retrain';
+import { backfillSchedule, desiredSchedules, listSchedules, ownedScheduleIds, pauseSchedule, startRetrain, syncSchedules, triggerSchedule } from '../src/client/schedules';
 import { defaultConfigYaml, KILN_BIN, startKilnEnv, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const run = promisify(execFile);

@@ -10,8 +10,8 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { WorkflowFailedError } from '@temporalio/client';
-import { progressQuery, reportSignal } from '../src/defs';
-import type { JobSummary } from '../src/job';
+import { progressQuery, reportSignal } from '../src/shared/messages';
+import type { JobSummary } from '../src/shared/summary';
 import { checkpointFiles, defaultConfigYaml, jobDir, readTrainerLog, startKilnEnv, temporalBinary, trainerPids, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const run = promisify(execFile);

@@ -6,10 +6,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
-import { loadConfig, resolveCommand, type KilnConfig } from '../src/config/load';
+import { resolveCommand, type KilnConfig } from '../src/config/load';
 import type { Logger } from '../src/logger';
-import { SqliteModelRegistry } from '../src/registry/sqlite';
-import type { ModelRegistry } from '../src/registry/types';
+import { lazyRegistry } from '../src/registry/open';
 import { connectNative } from '../src/temporal/connect';
 import type { CommonDeps } from '../activities/deps';
 
@@ -19,15 +18,6 @@ export function workflowSource(): { workflowBundle: { codePath: string } } | { w
   const entry = require.resolve('../workflows');
   if (fs.existsSync(bundle) && fs.statSync(bundle).mtimeMs >= fs.statSync(entry).mtimeMs) return { workflowBundle: { codePath: bundle } };
   return { workflowsPath: entry };
-}
-
-export function registryPath(config: KilnConfig): string {
-  return path.join(config.home, 'registry.sqlite');
-}
-
-export function lazyRegistry(config: KilnConfig): () => ModelRegistry {
-  let reg: ModelRegistry | undefined;
-  return () => (reg ??= new SqliteModelRegistry(registryPath(config)));
 }
 
 export interface WorkerBase {
@@ -49,8 +39,4 @@ export async function workerBase(config: KilnConfig, log: Logger, role: string):
     trainerArgv: (cmd) => resolveCommand(config, cmd),
   };
   return { config, log, connection, deps };
-}
-
-export function loadWorkerConfig(file?: string): KilnConfig {
-  return loadConfig(file);
 }

@@ -5,7 +5,7 @@
 import { Worker } from '@temporalio/worker';
 import { createControlActivities } from '../activities';
 import type { RegistryHooks } from '../activities/registry';
-import { TASK_QUEUE_CONTROL } from '../src/defs';
+import { TASK_QUEUE_CONTROL } from '../src/shared/messages';
 import type { KilnConfig } from '../src/config/load';
 import type { Logger } from '../src/logger';
 import { workerBase, workflowSource } from './common';

@@ -2,9 +2,10 @@
  * A GPU pool worker: the `train` and `evaluate` activities on `kiln-gpu-<pool>`, one concurrent job
  * per slot. Entry point of `kiln worker gpu --pool P`.
  */
+import { unknownName } from '../src/shared/names';
 import { Runtime, Worker } from '@temporalio/worker';
 import { createGpuActivities, noMetrics, type GpuDeps } from '../activities';
-import { gpuTaskQueue } from '../src/defs';
+import { gpuTaskQueue } from '../src/shared/messages';
 import type { KilnConfig } from '../src/config/load';
 import type { Logger } from '../src/logger';
 import { detectGpus, GpuLeases, sampleGpus } from '../src/supervisor/gpu';
@@ -25,7 +26,7 @@ export interface GpuWorkerOptions {
 
 export async function resolveDevices(config: KilnConfig, pool: string, slotsOverride?: number): Promise<{ devices: string[]; slots: number }> {
   const p = config.workers.pools[pool];
-  if (!p) throw new Error(`unknown pool "${pool}" (defined pools: ${Object.keys(config.workers.pools).join(', ')})`);
+  if (!p) throw new Error(unknownName('pool', pool, Object.keys(config.workers.pools), config.file));
   const devices = p.devices === 'auto' ? await detectGpus() : p.devices.map(String);
   const slots = slotsOverride ?? (devices.length > 0 ? devices.length : p.slots);
   return { devices, slots };

@@ -21,10 +21,10 @@ import {
 } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type * as activities from '../activities';
-import { ErrorType, NON_RETRYABLE_TYPES } from '../src/errors';
-import type { JobSummary } from '../src/job';
-import { retrainStateQuery, type RetrainInput, type RetrainResult, type RetrainState } from '../src/retrain';
-import { KilnModel, KilnPhase, KilnTrigger } from '../src/searchAttributes';
+import { ErrorType, NON_RETRYABLE_TYPES } from '../src/shared/errors';
+import type { JobSummary } from '../src/shared/summary';
+import { retrainStateQuery, type RetrainInput, type RetrainResult, type RetrainState } from '../src/shared/retrain';
+import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 import type { TrainingJob } from './trainingJob';
 
 type Activities = ReturnType<typeof activities.createControlActivities>;
@@ -45,10 +45,7 @@ export async function RetrainModel(input: RetrainInput): Promise<RetrainResult> 
   const state: RetrainState = { phase: 'checking', outcome: null, reason: null, fingerprint: null, childId: null };
   setHandler(retrainStateQuery, () => state);
   // Whatever started this run (schedule, CLI, `temporal workflow start`), it is findable by model and trigger.
-  upsertSearchAttributes([
-    { key: KilnModel, value: input.model },
-    { key: KilnTrigger, value: input.trigger },
-  ] as never);
+  upsertSearchAttributes(kilnSearchAttributes({ model: input.model, trigger: input.trigger }));
   setCurrentDetails(`checking whether ${input.model} needs training (${input.trigger}${force ? ', forced' : ''})`);
 
   const scheduledAt = info.typedSearchAttributes.get(TemporalScheduledStartTime) as Date | undefined;
@@ -56,7 +53,7 @@ export async function RetrainModel(input: RetrainInput): Promise<RetrainResult> 
     { ...controlOptions, summary: `need-check ${input.model}` },
     [{ ...input, scheduledAtMs: scheduledAt ? scheduledAt.getTime() : null, startedAtMs: info.startTime.getTime() }],
   );
-  if (check.trigger !== input.trigger) upsertSearchAttributes([{ key: KilnTrigger, value: check.trigger } as never]);
+  if (check.trigger !== input.trigger) upsertSearchAttributes(kilnSearchAttributes({ trigger: check.trigger }));
   state.fingerprint = check.fingerprint;
 
   const done = (outcome: RetrainResult['outcome'], reason: string, childId: string | null, training: JobSummary | null): RetrainResult => {
@@ -81,11 +78,7 @@ export async function RetrainModel(input: RetrainInput): Promise<RetrainResult> 
       // The training outlives its trigger: cancelling or terminating RetrainModel leaves it running.
       parentClosePolicy: ParentClosePolicy.ABANDON,
       cancellationType: ChildWorkflowCancellationType.ABANDON,
-      typedSearchAttributes: [
-        { key: KilnModel, value: input.model },
-        { key: KilnPhase, value: 'queued' },
-        { key: KilnTrigger, value: check.trigger },
-      ] as never,
+      typedSearchAttributes: kilnSearchAttributes({ model: input.model, phase: 'queued', trigger: check.trigger }),
       staticSummary: check.staticSummary,
       staticDetails: `Kiln training job for model **${input.model}**, data version \`${check.fingerprint}\`, started by RetrainModel \`${info.workflowId}\` (${check.trigger}): ${check.reason}.`,
     });

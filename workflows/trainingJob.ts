@@ -21,24 +21,15 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type * as activities from '../activities';
-import {
-  approveSignal,
-  cancelSignal,
-  gpuTaskQueue,
-  pauseSignal,
-  progressQuery,
-  rejectSignal,
-  reportSignal,
-  resumeSignal,
-  statusQuery,
-  type ApprovalInput,
-  type JobProgress,
-} from '../src/defs';
-import { formatDuration } from '../src/duration';
-import { ErrorType, NON_RETRYABLE_TYPES } from '../src/errors';
-import { JobSpecSchema, progressLine, type CheckpointRef, type JobSpecInput, type JobSummary, type Phase, type PreparedJob, type ProgressReport, type TrainResult } from '../src/job';
-import { formatIssues } from '../src/params';
-import { KilnPhase } from '../src/searchAttributes';
+import { approveSignal, cancelSignal, gpuTaskQueue, pauseSignal, progressQuery, rejectSignal, reportSignal, resumeSignal, statusQuery, type ApprovalInput } from '../src/shared/messages';
+import { type JobProgress } from '../src/shared/progress';
+import { formatDuration } from '../src/shared/duration';
+import { ErrorType, NON_RETRYABLE_TYPES } from '../src/shared/errors';
+import { JobSpecSchema, type JobSpecInput, type PreparedJob } from '../src/shared/spec';
+import { progressLine, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
+import { type JobSummary, type TrainResult } from '../src/shared/summary';
+import { formatIssues } from '../src/shared/params';
+import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 
 type Activities = ReturnType<typeof activities.createControlActivities> & ReturnType<typeof activities.createGpuActivities>;
 
@@ -89,7 +80,7 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
   };
   const setPhase = (p: Phase): void => {
     phase = p;
-    upsertSearchAttributes([{ key: KilnPhase, value: p } as never]);
+    upsertSearchAttributes(kilnSearchAttributes({ phase: p }));
     setCurrentDetails(line());
   };
 

@@ -1,7 +1,7 @@
 /**
  * A small, strict argv parser: unknown flags are errors, never silently ignored.
  */
-import { UsageError } from '../errors';
+import { UsageError } from '../shared/errors';
 
 export interface FlagSpec {
   /** 'bool' takes no value; 'string' takes one; 'list' may repeat. */

@@ -2,7 +2,8 @@
  * `kiln dev --demo`: submits a training job for a model from temporal.yaml and shows it to the end.
  */
 import type { KilnConfig } from '../config/load';
-import { buildSpec, submitJob } from '../jobs';
+import { submitJob } from '../client/jobs';
+import { buildSpec } from '../config/spec';
 import { connectClient } from '../temporal/connect';
 import { watchJob } from './jobs';
 

@@ -7,13 +7,13 @@ import * as path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
 import type { KilnConfig } from '../config/load';
-import { gpuTaskQueue, TASK_QUEUE_CONTROL } from '../defs';
-import { ConfigError } from '../errors';
-import { KILN_SEARCH_ATTRIBUTES } from '../searchAttributes';
+import { gpuTaskQueue, TASK_QUEUE_CONTROL } from '../shared/messages';
+import { ConfigError } from '../shared/errors';
+import { KILN_SEARCH_ATTRIBUTES } from '../shared/searchAttributes';
 import { detectGpus } from '../supervisor/gpu';
 import { connectClient, serverAddress } from '../temporal/connect';
 import { bool, parseArgs, str } from './args';
-import type { CliContext, Verb } from './main';
+import type { CliContext, Verb } from './verb';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
 

@@ -9,40 +9,21 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WorkflowNotFoundError, type Client, type WorkflowExecutionDescription } from '@temporalio/client';
 import type { KilnConfig } from '../config/load';
-import type { JobProgress } from '../defs';
-import { formatDuration } from '../duration';
-import { ConfigError, UsageError } from '../errors';
-import { JobIdSchema, PHASES, progressLine, type CheckpointRef, type GpuTelemetry, type JobSummary } from '../job';
-import { buildSpec, jobSummary, queryProgress, signalJob, submitJob } from '../jobs';
-import { coerceParam } from '../params';
-import { connectClient, serverAddress } from '../temporal/connect';
+import type { JobProgress } from '../shared/progress';
+import { formatDuration } from '../shared/duration';
+import { ConfigError, UsageError } from '../shared/errors';
+import { JobIdSchema } from '../shared/spec';
+import { PHASES, progressLine, type CheckpointRef, type GpuTelemetry } from '../shared/progress';
+import { type JobSummary } from '../shared/summary';
+import { jobSummary, queryProgress, signalJob, submitJob } from '../client/jobs';
+import { buildSpec } from '../config/spec';
+import { coerceParam } from '../shared/params';
 import { bool, int, list, parseArgs, str } from './args';
-import type { CliContext, Verb } from './main';
+import { withClient, type CliContext, type Verb } from './verb';
 
 /** How long `status` waits for a worker to answer the progress query before using describe alone. */
 const QUERY_TIMEOUT_MS = 3000;
 
-async function withClient<T>(config: KilnConfig, fn: (c: Client) => Promise<T>): Promise<T> {
-  let client: Client;
-  try {
-    client = await connectClient(config, { connectTimeoutMs: 5000 });
-  } catch (err) {
-    throw new Error(
-      `cannot reach the Temporal server at ${serverAddress(config)}: ${(err as Error).message.split('\n')[0]} ` +
-        '(start it with `kiln dev`, or set server.address / TEMPORAL_ADDRESS; `kiln doctor` checks the setup)',
-    );
-  }
-  try {
-    return await fn(client);
-  } catch (err) {
-    if (err instanceof WorkflowNotFoundError) {
-      throw new Error(`no job ${err.workflowId} in namespace ${config.server.namespace} (\`kiln list\` shows the jobs)`);
-    }
-    throw err;
-  } finally {
-    await client.connection.close();
-  }
-}
 
 function jobIdArg(p: { positional: string[] }, verb: string): string {
   const id = p.positional[0];

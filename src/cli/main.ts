@@ -3,27 +3,15 @@
  */
 import * as path from 'node:path';
 import { loadConfig, type KilnConfig } from '../config/load';
-import { ConfigError, UsageError } from '../errors';
-import { createLogger, type Logger } from '../logger';
+import { ConfigError, UsageError } from '../shared/errors';
+import { createLogger } from '../logger';
 import { resolveTemporalBinary, TemporalBinaryNotFound } from '../temporal/binary';
 import { bool, parseArgs, str } from './args';
 import { doctorVerb } from './doctor';
 import { jobVerbs } from './jobs';
 import { modelVerbs } from './models';
 import { scheduleVerbs } from './schedules';
-
-export interface CliContext {
-  argv: string[];
-  config: () => KilnConfig;
-  log: Logger;
-  out: (text: string) => void;
-}
-
-export interface Verb {
-  summary: string;
-  usage: string;
-  run: (ctx: CliContext) => Promise<number | void>;
-}
+import type { CliContext, Verb } from './verb';
 
 const HELP_TOP = `kiln — durable ML training on Temporal
 
@@ -35,7 +23,7 @@ Global options: --config <temporal.yaml> (or KILN_CONFIG), --pretty (human logs)
 async function devVerb(ctx: CliContext): Promise<number> {
   const p = parseArgs(ctx.argv, { demo: { type: 'bool' }, 'exit-after-demo': { type: 'bool' }, model: { type: 'string' } }, 'dev');
   const config = ctx.config();
-  const { runDev } = await import('../dev');
+  const { runDev } = await import('../dev/run');
   const { runDemo } = await import('./demo');
   await runDev({
     config,

@@ -7,16 +7,17 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { KilnConfig } from '../config/load';
-import { approveSignal, progressQuery, rejectSignal } from '../defs';
-import { UsageError } from '../errors';
-import { JobIdSchema, type JobSummary } from '../job';
+import { approveSignal, progressQuery, rejectSignal } from '../shared/messages';
+import { UsageError } from '../shared/errors';
+import { JobIdSchema } from '../shared/spec';
+import { type JobSummary } from '../shared/summary';
 import { formatMetric } from '../registry/promotion';
 import { SqliteModelRegistry } from '../registry/sqlite';
 import { RegistryError, type ModelRegistry, type ModelVersion, type Stage } from '../registry/types';
 import { connectClient, serverAddress } from '../temporal/connect';
-import { registryPath } from '../../workers/common';
+import { registryPath } from '../registry/open';
 import { bool, parseArgs, str, type Parsed } from './args';
-import type { CliContext, Verb } from './main';
+import type { CliContext, Verb } from './verb';
 
 const STAGES: readonly Stage[] = ['candidate', 'production', 'archived'];
 

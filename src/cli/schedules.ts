@@ -5,10 +5,10 @@
  */
 import type { Client } from '@temporalio/client';
 import type { KilnConfig } from '../config/load';
-import { parseDuration } from '../duration';
-import { UsageError } from '../errors';
-import type { JobSummary } from '../job';
-import type { RetrainResult, RetrainState } from '../retrain';
+import { parseDuration } from '../shared/duration';
+import { UsageError } from '../shared/errors';
+import type { JobSummary } from '../shared/summary';
+import type { RetrainResult, RetrainState } from '../shared/retrain';
 import {
   awaitRetrainDecision,
   backfillSchedule,
@@ -20,10 +20,10 @@ import {
   syncSummary,
   triggerSchedule,
   unpauseSchedule,
-} from '../schedules';
+} from '../client/schedules';
 import { connectClient } from '../temporal/connect';
 import { bool, parseArgs, str } from './args';
-import type { CliContext, Verb } from './main';
+import type { CliContext, Verb } from './verb';
 
 async function withClient<T>(config: KilnConfig, fn: (c: Client) => Promise<T>): Promise<T> {
   const client = await connectClient(config);

@@ -5,8 +5,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseDocument } from 'yaml';
-import { ConfigError } from '../errors';
-import { compileParamsSchema, formatIssues } from '../params';
+import { ConfigError } from '../shared/errors';
+import { compileParamsSchema, formatIssues } from '../shared/params';
+import { unknownName } from '../shared/names';
 import { ConfigSchema, type ParsedConfig } from './schema';
 
 export interface KilnConfig extends ParsedConfig {
@@ -54,14 +55,13 @@ function crossCheck(cfg: ParsedConfig): string[] {
     const at = `models.${modelName}`;
     const trainer = cfg.trainers[m.trainer];
     if (!trainer) {
-      const known = Object.keys(cfg.trainers);
-      problems.push(`${at}.trainer: unknown trainer "${m.trainer}" (defined trainers: ${known.length ? known.join(', ') : 'none'}; add it under trainers:)`);
+      problems.push(`${at}.trainer: ${unknownName('trainer', m.trainer, Object.keys(cfg.trainers))}`);
     } else {
       const r = compileParamsSchema(trainer.params).safeParse(m.params);
       if (!r.success) problems.push(...formatIssues(`${at}.params`, r.error));
     }
     if (!cfg.workers.pools[m.pool]) {
-      problems.push(`${at}.pool: unknown pool "${m.pool}" (defined pools: ${Object.keys(cfg.workers.pools).join(', ')}; add it under workers.pools:)`);
+      problems.push(`${at}.pool: ${unknownName('pool', m.pool, Object.keys(cfg.workers.pools))}`);
     }
     if (m.promotion && m.requiredMetrics.length && !m.requiredMetrics.includes(m.promotion.metric)) {
       problems.push(`${at}.promotion.metric: "${m.promotion.metric}" should also be listed in requiredMetrics, or a version missing it could be promoted`);

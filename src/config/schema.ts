@@ -4,10 +4,10 @@
  * silently ignored.
  */
 import { z } from 'zod';
-import { parseDuration } from '../duration';
-import { parseSchedule } from '../cron';
-import { NAME_HINT, NAME_RE } from '../names';
-import { ParamSpecSchema } from '../params';
+import { parseDuration } from '../shared/duration';
+import { parseSchedule } from '../shared/cron';
+import { NAME_HINT, NAME_RE } from '../shared/names';
+import { ParamSpecSchema } from '../shared/params';
 
 const duration = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {

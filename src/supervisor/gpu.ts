@@ -3,7 +3,7 @@
  * With no nvidia-smi, a pool runs on CPU slots and telemetry is null; nothing fails.
  */
 import { execFile } from 'node:child_process';
-import type { GpuTelemetry } from '../job';
+import type { GpuTelemetry } from '../shared/progress';
 
 export function runNvidiaSmi(args: string[], timeoutMs = 5000): Promise<string | null> {
   return new Promise((resolve) => {

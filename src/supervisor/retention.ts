@@ -4,7 +4,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { CheckpointRef, Retention } from '../job';
+import type { CheckpointRef } from '../shared/progress';
+import type { Retention } from '../shared/spec';
 
 export function selectKept(all: CheckpointRef[], r: Retention, isPinned: (p: string) => boolean): { keep: CheckpointRef[]; drop: CheckpointRef[] } {
   const byStep = [...all].sort((a, b) => b.step - a.step);

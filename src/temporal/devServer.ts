@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Connection } from '@temporalio/client';
-import { KILN_SEARCH_ATTRIBUTES } from '../searchAttributes';
+import { KILN_SEARCH_ATTRIBUTES } from '../shared/searchAttributes';
 
 export interface DevServerOptions {
   binary: string;

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { progressQuery } from '../../src/defs';
+import { progressQuery } from '../../src/shared/messages';
 import { chaosN, recordFigures } from '../helpers/chaos';
 import { assertRecovered, watchJob } from '../helpers/faults';
 import { defaultConfigYaml, jobDir, waitFor, type KilnTestEnv } from '../helpers/kiln';

@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { JobSummary } from '../../src/job';
+import type { JobSummary } from '../../src/shared/summary';
 import { attemptHeaders, chaosN, recordFigures } from '../helpers/chaos';
 import { assertRecovered, stoppedAtStep, watchJob } from '../helpers/faults';
 import { defaultConfigYaml, jobDir, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from '../helpers/kiln';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
-import type { JobSummary } from '../../src/job';
+import type { JobSummary } from '../../src/shared/summary';
 import { checkpointFiles, jobDir, waitFor, type KilnTestEnv } from './kiln';
 import { isSupervised, jobProcesses, readManifest, registryVersionsForJob } from './processes';
 

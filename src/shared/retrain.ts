@@ -4,7 +4,8 @@
  */
 import { defineQuery } from '@temporalio/workflow';
 import { formatDuration } from './duration';
-import type { JobSpec, JobSummary, Trigger } from './job';
+import type { JobSpec, Trigger } from './spec';
+import type { JobSummary } from './summary';
 
 /** Schedule ids Kiln owns: `kiln-retrain-<model>`. */
 export const SCHEDULE_ID_PREFIX = 'kiln-retrain-';

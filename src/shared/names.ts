@@ -11,10 +11,9 @@ export const NAME_HINT = "use 1-63 letters, digits, '.', '_' or '-', starting wi
 export const JOB_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 export const JOB_ID_HINT = "use 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit";
 
-export function isSafeName(s: string): boolean {
-  return NAME_RE.test(s) && !s.includes('..');
-}
+const SECTION = { model: 'models', trainer: 'trainers', pool: 'workers.pools' } as const;
 
-export function isSafeJobId(s: string): boolean {
-  return JOB_ID_RE.test(s) && !s.includes('..');
+/** The one wording of "that name is not in the config": what is defined, and where to add it. */
+export function unknownName(kind: keyof typeof SECTION, name: string, defined: string[], file?: string): string {
+  return `unknown ${kind} "${name}" (defined ${kind}s: ${defined.join(', ') || 'none'}; add it under ${SECTION[kind]}:${file ? ` in ${file}` : ''})`;
 }

@@ -7,15 +7,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { KilnConfig } from './config/load';
-import type { Logger } from './logger';
-import { syncSchedules, syncSummary } from './schedules';
-import { resolveTemporalBinary } from './temporal/binary';
-import { connectClient, serverAddress } from './temporal/connect';
-import { startDevServer, stopProcessGroup, type DevServer } from './temporal/devServer';
-import { ensureSearchAttributes } from './temporal/searchAttributes';
+import type { KilnConfig } from '../config/load';
+import type { Logger } from '../logger';
+import { syncSchedules, syncSummary } from '../client/schedules';
+import { resolveTemporalBinary } from '../temporal/binary';
+import { connectClient, serverAddress } from '../temporal/connect';
+import { startDevServer, stopProcessGroup, type DevServer } from '../temporal/devServer';
+import { ensureSearchAttributes } from '../temporal/registerSearchAttributes';
 
-export const KILN_BIN = path.resolve(__dirname, '..', '..', 'bin', 'kiln');
+export const KILN_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'kiln');
 
 export interface DevOptions {
   config: KilnConfig;

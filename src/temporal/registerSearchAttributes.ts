@@ -4,7 +4,7 @@
  */
 import type { Client } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { KILN_SEARCH_ATTRIBUTES } from '../searchAttributes';
+import { KILN_SEARCH_ATTRIBUTES } from '../shared/searchAttributes';
 
 export async function ensureSearchAttributes(client: Client, namespace: string): Promise<string[]> {
   const op = client.connection.operatorService;

@@ -19,15 +19,16 @@ import {
   type ScheduleSpec,
   type WorkflowHandleWithFirstExecutionRunId,
 } from '@temporalio/client';
-import type { KilnConfig } from './config/load';
-import type { RetrainConfig } from './config/schema';
-import { parseSchedule } from './cron';
-import { TASK_QUEUE_CONTROL } from './defs';
-import { formatDuration } from './duration';
-import { ConfigError, UsageError } from './errors';
-import { retrainStateQuery, SCHEDULE_ID_PREFIX, scheduledRetrainId, scheduleId, type RetrainInput, type RetrainResult, type RetrainState } from './retrain';
-import { KilnModel, KilnTrigger } from './searchAttributes';
-import type { RetrainModel } from '../workflows/retrainModel';
+import type { KilnConfig } from '../config/load';
+import type { RetrainConfig } from '../config/schema';
+import { parseSchedule } from '../shared/cron';
+import { TASK_QUEUE_CONTROL } from '../shared/messages';
+import { formatDuration } from '../shared/duration';
+import { ConfigError, UsageError } from '../shared/errors';
+import { retrainStateQuery, SCHEDULE_ID_PREFIX, scheduledRetrainId, scheduleId, type RetrainInput, type RetrainResult, type RetrainState } from '../shared/retrain';
+import { unknownName } from '../shared/names';
+import { kilnSearchAttributes } from '../shared/searchAttributes';
+import type { RetrainModel } from '../../workflows/retrainModel';
 
 export const OWNER = 'kiln';
 
@@ -119,15 +120,12 @@ export function desiredSchedules(config: KilnConfig, target: ScheduleTarget = {}
           taskQueue,
           args,
           memo: memo as unknown as Record<string, unknown>,
-          typedSearchAttributes: [
-            { key: KilnModel, value: model },
-            { key: KilnTrigger, value: 'schedule' },
-          ] as never,
+          typedSearchAttributes: kilnSearchAttributes({ model, trigger: 'schedule' }),
           staticSummary: `retrain ${model} (schedule ${schedules})`,
         },
         policies,
         memo: { kiln: { owner: OWNER, model } },
-        typedSearchAttributes: [{ key: KilnModel, value: model }] as never,
+        typedSearchAttributes: kilnSearchAttributes({ model }),
         state: r.paused ? { paused: true, note: `paused by temporal.yaml (models.${model}.retrain.paused)` } : { paused: false, note: `managed by kiln (temporal.yaml models.${model}.retrain)` },
       },
     });
@@ -379,7 +377,7 @@ export function manualRetrainId(model: string): string {
  */
 export async function startRetrain(client: Client, config: KilnConfig, model: string, o: StartRetrainOptions = {}): Promise<WorkflowHandleWithFirstExecutionRunId<typeof RetrainModel>> {
   if (!config.models[model]) {
-    throw new ConfigError('kiln train', [`model: unknown model "${model}" (models in ${config.file}: ${Object.keys(config.models).join(', ') || 'none'})`]);
+    throw new ConfigError('kiln train', [`model: ${unknownName('model', model, Object.keys(config.models), config.file)}`]);
   }
   const trigger = o.trigger ?? 'manual';
   const input: RetrainInput = { model, trigger, ...(o.force ? { force: true } : {}) };
@@ -387,10 +385,7 @@ export async function startRetrain(client: Client, config: KilnConfig, model: st
     taskQueue: o.taskQueue ?? TASK_QUEUE_CONTROL,
     workflowId: o.workflowId ?? manualRetrainId(model),
     args: [input],
-    typedSearchAttributes: [
-      { key: KilnModel, value: model },
-      { key: KilnTrigger, value: trigger },
-    ] as never,
+    typedSearchAttributes: kilnSearchAttributes({ model, trigger }),
     staticSummary: `retrain ${model} (${trigger}${o.force ? ', forced' : ''})`,
   });
 }

@@ -1,0 +1,105 @@
+/**
+ * The job spec (workflow input) and the prepared job (what the control worker resolved from
+ * config). Workflow-safe: zod and pure code only.
+ */
+import { z } from 'zod';
+import { parseDuration } from './duration';
+import { JOB_ID_HINT, JOB_ID_RE, NAME_HINT, NAME_RE } from './names';
+
+const name = (what: string) => z.string().regex(NAME_RE, { message: `invalid ${what} name: ${NAME_HINT}` }).refine((s) => !s.includes('..'), `invalid ${what} name: ".." is not allowed`);
+const ms = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  const d = parseDuration(v);
+  if (d === undefined) {
+    ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a non-negative duration (e.g. "10s")` });
+    return z.NEVER;
+  }
+  return d;
+});
+
+export const TRIGGERS = ['manual', 'schedule', 'backfill'] as const;
+export type Trigger = (typeof TRIGGERS)[number];
+
+/** What a client submits. A job never carries a command line: only a trainer name and params. */
+export const JobSpecSchema = z.strictObject({
+  model: name('model'),
+  trainer: name('trainer'),
+  params: z.record(z.string().max(128), z.unknown()).default({}),
+  dataset: z.string().min(1).max(4096),
+  /** Fingerprint of the dataset version, when the caller computed it (RetrainModel does). */
+  datasetFingerprint: z.string().max(128).optional(),
+  pool: name('pool').default('gpu'),
+  gpus: z.number().int().min(0).max(64).default(1),
+  trigger: z.enum(TRIGGERS).default('manual'),
+  /** Fine-tuning: a checkpoint to start from (must lie under artifacts.root). */
+  baseCheckpoint: z.string().max(4096).optional(),
+  retention: z
+    .strictObject({
+      keepLatest: z.number().int().min(1).max(1000).optional(),
+      keepBest: z.number().int().min(0).max(1000).optional(),
+      metric: z.string().max(128).optional(),
+      direction: z.enum(['min', 'max']).optional(),
+    })
+    .optional(),
+  timeouts: z
+    .strictObject({
+      heartbeat: ms.optional(),
+      stall: ms.optional(),
+      startToClose: ms.optional(),
+      cancelGrace: ms.optional(),
+      maxAttempts: z.number().int().min(1).max(100).optional(),
+    })
+    .optional(),
+});
+export type JobSpecInput = z.input<typeof JobSpecSchema>;
+export type JobSpec = z.output<typeof JobSpecSchema>;
+
+export const JobIdSchema = z.string().regex(JOB_ID_RE, { message: `invalid job id: ${JOB_ID_HINT}` }).refine((s) => !s.includes('..'), 'invalid job id: ".." is not allowed');
+
+export interface Timeouts {
+  heartbeatMs: number;
+  stallMs: number;
+  startToCloseMs: number;
+  cancelGraceMs: number;
+  maxAttempts: number;
+}
+
+export interface Retention {
+  keepLatest: number;
+  keepBest: number;
+  metric: string;
+  direction: 'min' | 'max';
+}
+
+export interface PromotionPolicyConfig {
+  metric: string;
+  direction: 'min' | 'max';
+  minImprovement: number;
+  improvementKind: 'absolute' | 'relative';
+  mode: 'auto' | 'approval';
+  approvalTimeoutMs: number;
+}
+
+/** The spec resolved against the control worker's config by the `prepareJob` activity. */
+export interface PreparedJob {
+  jobId: string;
+  spec: JobSpec;
+  /** Params with the trainer's defaults filled in. */
+  params: Record<string, unknown>;
+  datasetFingerprint: string;
+  timeouts: Timeouts;
+  retention: Retention;
+  requiredMetrics: string[];
+  promotion: PromotionPolicyConfig | null;
+  evaluate: { command: boolean; queue: 'control' | 'gpu'; timeoutMs: number };
+  progressIntervalMs: number;
+  workDir: string;
+}
+
+/** `spirals · example · lr=0.1 epochs=5` for the UI's static summary. */
+export function staticSummary(spec: JobSpec): string {
+  const params = Object.entries(spec.params)
+    .slice(0, 6)
+    .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+    .join(' ');
+  return `${spec.model} · ${spec.trainer}${params ? ` · ${params}` : ''} · pool ${spec.pool}×${spec.gpus}`.slice(0, 400);
+}

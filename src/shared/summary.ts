@@ -1,0 +1,48 @@
+/** What a job leaves behind: the train activity's result and the job summary. Workflow-safe. */
+import type { CheckpointRef, GpuTelemetry } from './progress';
+
+export interface TrainResult {
+  attempt: number;
+  workerId: string;
+  steps: number;
+  epochs: number | null;
+  finalLoss: number | null;
+  metrics: Record<string, number>;
+  validation: Record<string, number>;
+  modelPath: string | null;
+  lastCheckpoint: CheckpointRef | null;
+  checkpoints: CheckpointRef[];
+  gpuIds: string[];
+  gpu: GpuTelemetry[] | null;
+  firstStep: number | null;
+  resumedFrom: CheckpointRef | null;
+  durationMs: number;
+}
+
+export interface JobSummary {
+  jobId: string;
+  model: string;
+  outcome: 'completed' | 'failed' | 'cancelled';
+  training_metrics: { final_loss: number | null; epochs: number | null; steps: number; duration_ms: number };
+  validation_metrics: Record<string, number>;
+  resource_usage: { gpu_ids: string[]; gpu: GpuTelemetry[] | null };
+  artifacts: { model_path: string | null; checkpoints: CheckpointRef[]; last_checkpoint: CheckpointRef | null };
+  registry: {
+    version: number | null;
+    stage: string | null;
+    complete: boolean | null;
+    missing_metrics: string[];
+    decision: string | null;
+  };
+  session_info: {
+    attempts: number;
+    workers: string[];
+    started_at: string;
+    ended_at: string;
+    cancellation_reason: string | null;
+    failure: string | null;
+    resumed_from_steps: number[];
+    /** The final attempt's resume: the checkpoint step it started from and the first step it reported. */
+    resume: { from_step: number; first_step: number | null } | null;
+  };
+}
