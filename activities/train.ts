@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { ErrorType } from '../src/shared/errors';
-import type { CheckpointRef, GpuTelemetry, ProgressReport } from '../src/shared/progress';
+import type { CheckpointRef, GpuTelemetry, ProgressReport, TrainHeartbeat } from '../src/shared/progress';
 import type { PreparedJob } from '../src/shared/spec';
 import type { TrainResult } from '../src/shared/summary';
 import { pidfileFor, readPidfile, killRecordedTrainer } from '../src/supervisor/pidfiles';
@@ -30,17 +30,6 @@ export interface TrainInput {
   runId: string;
 }
 
-/** What every heartbeat carries; a retry reads it back from activityInfo().heartbeatDetails. */
-export interface TrainHeartbeat {
-  attempt: number;
-  step: number;
-  epoch: number | null;
-  lastCheckpoint: CheckpointRef | null;
-  checkpoints: CheckpointRef[];
-  metrics: Record<string, number>;
-  gpu: GpuTelemetry[] | null;
-  workerId: string;
-}
 
 const TICK_MS = 250;
 

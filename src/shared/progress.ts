@@ -45,6 +45,9 @@ export interface ProgressReport {
   final?: boolean;
 }
 
+/** What every train heartbeat carries (a view of the report); a retry reads it back from heartbeatDetails. */
+export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId'>;
+
 export const PHASES = ['queued', 'preparing', 'training', 'evaluating', 'registering', 'awaiting-approval', 'completed', 'failed', 'cancelled', 'paused'] as const;
 export type Phase = (typeof PHASES)[number];
 
