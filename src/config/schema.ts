@@ -23,6 +23,19 @@ const duration = (what: string) =>
   });
 
 const name = z.string().regex(NAME_RE, { message: `invalid name: ${NAME_HINT}` });
+
+const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+const bytes = (what: string) =>
+  z.union([z.number().int().min(0), z.string()]).transform((v, ctx) => {
+    if (typeof v === 'number') return v;
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(v);
+    const unit = m ? BYTE_UNITS[m[2]!.toLowerCase()] : undefined;
+    if (!m || unit === undefined) {
+      ctx.addIssue({ code: 'custom', message: `${JSON.stringify(v)} is not a valid ${what} (use bytes or a size like "512MiB", "100GiB", "2TB")` });
+      return z.NEVER;
+    }
+    return Math.round(Number(m[1]) * unit);
+  });
 const port = z.number().int().min(0).max(65535);
 
 export const ServerSchema = z.strictObject({
@@ -129,11 +142,51 @@ export const TimeoutsSchema = z.strictObject({
   maxAttempts: z.number().int().min(1).max(100).default(5),
 });
 
+/**
+ * How a dataset's version is found. `metadata`: names, sizes and mtimes of local files (never reads
+ * them); `content`: a streaming hash of local bytes in a worker thread; `s3`: object ETags under the
+ * URI's prefix; `command`: an argv that prints the version (no shell; `{dataset}` is replaced by the
+ * dataset string); `uri`: the dataset text itself (an immutable, versioned URI).
+ */
+export const DatasetVersionSchema = z.discriminatedUnion('resolver', [
+  z.strictObject({ resolver: z.literal('metadata') }),
+  z.strictObject({ resolver: z.literal('content') }),
+  z.strictObject({ resolver: z.literal('uri') }),
+  z.strictObject({
+    resolver: z.literal('command'),
+    command: z.array(z.string().min(1)).min(1),
+    timeout: duration('resolver timeout').default(30_000),
+  }),
+  z.strictObject({
+    resolver: z.literal('s3'),
+    /** S3-compatible endpoint (MinIO, Ceph, R2 …); empty: AWS. Credentials come from the AWS environment. */
+    endpoint: z.string().optional(),
+    region: z.string().default('us-east-1'),
+    forcePathStyle: z.boolean().default(false),
+    maxObjects: z.number().int().min(1).default(1_000_000),
+  }),
+]);
+
+export const DatasetsSchema = z.strictObject({
+  /** Local data may live only under these folders (relative to temporal.yaml). */
+  roots: z.array(z.string().min(1)).min(1).default(['.']),
+  /** The resolver for local paths without a per-model one. */
+  local: z.enum(['metadata', 'content']).default('metadata'),
+  /** URI schemes and how their versions are found; a scheme not listed is opaque (resolver `uri`). */
+  schemes: z.record(z.string().regex(/^[a-z][a-z0-9+.-]*$/, 'a URI scheme: lower-case letters, digits, "+", "." or "-"'), DatasetVersionSchema).default({}),
+  /** Caps of the local resolvers: total bytes hashed (content), files walked, time. */
+  maxBytes: bytes('dataset size cap').default(2 ** 40),
+  maxFiles: z.number().int().min(1).default(1_000_000),
+  timeout: duration('dataset resolver timeout').default(600_000),
+});
+
 export const ModelSchema = z.strictObject({
   description: z.string().optional(),
   trainer: name,
-  /** A path (file or folder, fingerprinted by content) or an opaque dataset URI (fingerprinted by text). */
+  /** A path under datasets.roots (file or folder) or a dataset URI; see datasets: for how its version is found. */
   dataset: z.string().min(1),
+  /** This model's version resolver, overriding the one datasets: chooses for its dataset. */
+  datasetVersion: DatasetVersionSchema.optional(),
   params: z.record(z.string(), z.unknown()).default({}),
   pool: name.default('gpu'),
   gpus: z.number().int().min(0).max(64).default(1),
@@ -156,6 +209,7 @@ export const ConfigSchema = z.strictObject({
   artifacts: z.strictObject({ root: z.string().default('') }).prefault({}).describe('empty: <state>/artifacts'),
   retention: RetentionSchema.prefault({}),
   timeouts: TimeoutsSchema.prefault({}),
+  datasets: DatasetsSchema.prefault({}),
   logging: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info') }).prefault({}),
 });
 
@@ -168,3 +222,5 @@ export type TimeoutsConfig = z.output<typeof TimeoutsSchema>;
 export type PromotionConfig = z.output<typeof PromotionSchema>;
 export type RetrainConfig = z.output<typeof RetrainSchema>;
 export type PoolConfig = z.output<typeof PoolSchema>;
+export type DatasetsConfig = z.output<typeof DatasetsSchema>;
+export type DatasetVersionConfig = z.output<typeof DatasetVersionSchema>;
