@@ -2,6 +2,7 @@
  * A small, strict argv parser: unknown flags are errors, never silently ignored.
  */
 import { UsageError } from '../shared/errors';
+import { JobIdSchema } from '../shared/spec';
 
 export interface FlagSpec {
   /** 'bool' takes no value; 'string' takes one; 'list' may repeat. */
@@ -76,4 +77,14 @@ export function int(p: Parsed, k: string, verb: string): number | undefined {
   if (v === undefined) return undefined;
   if (!/^\d+$/.test(v)) throw new UsageError(`kiln ${verb}: --${k} must be a non-negative integer, got "${v}"`);
   return Number(v);
+}
+
+/** The one job id a job verb takes, checked like a workflow id Kiln would start. */
+export function jobIdArg(p: Parsed, verb: string): string {
+  const id = p.positional[0];
+  if (!id) throw new UsageError(`kiln ${verb}: which job? e.g. kiln ${verb} train-spirals-3k9x2a (see kiln list)`);
+  const r = JobIdSchema.safeParse(id);
+  if (!r.success) throw new UsageError(`kiln ${verb}: ${r.error.issues[0]!.message} (got ${JSON.stringify(id)})`);
+  if (p.positional.length > 1) throw new UsageError(`kiln ${verb}: one job at a time, got ${p.positional.length} (${p.positional.join(' ')})`);
+  return id;
 }

@@ -5,7 +5,7 @@ import type { KilnConfig } from '../config/load';
 import { submitJob } from '../client/jobs';
 import { buildSpec } from '../config/spec';
 import { connectClient } from '../temporal/connect';
-import { watchJob } from './jobs';
+import { watchJob } from './watch';
 
 export async function runDemo(config: KilnConfig, address: string, model: string | undefined, out: (t: string) => void): Promise<void> {
   const name = model ?? Object.keys(config.models)[0];

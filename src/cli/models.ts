@@ -1,43 +1,19 @@
 /**
- * Registry verbs: `kiln models list|show|promote|rollback`, and `kiln approve|reject` for jobs that wait
- * in phase awaiting-approval. The registry is the SQLite file in the state folder
- * (<KILN_HOME>/registry.sqlite); approvals are the workflow's `approve`/`reject` signals.
+ * Registry verbs: `kiln models list|show|promote|rollback`. The registry is the SQLite file in the
+ * state folder (<KILN_HOME>/registry.sqlite). Approvals (`kiln approve|reject`) are in control.ts.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { KilnConfig } from '../config/load';
-import { approveSignal, progressQuery, rejectSignal } from '../shared/messages';
 import { UsageError } from '../shared/errors';
-import { JobIdSchema } from '../shared/spec';
-import { type JobSummary } from '../shared/summary';
 import { formatMetric } from '../registry/promotion';
 import { SqliteModelRegistry } from '../registry/sqlite';
-import { RegistryError, type ModelRegistry, type ModelVersion, type Stage } from '../registry/types';
-import { connectClient, serverAddress } from '../temporal/connect';
+import type { ModelRegistry, ModelVersion, Stage } from '../registry/types';
 import { registryPath } from '../registry/open';
 import { bool, parseArgs, str, type Parsed } from './args';
+import { defaultBy, guarded, Refused } from './refused';
 import type { CliContext, Verb } from './verb';
 
 const STAGES: readonly Stage[] = ['candidate', 'production', 'archived'];
-
-/** A refusal the user can fix: printed (and, with --json, emitted as JSON), exit 1, nothing changed. */
-class Refused extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-function defaultBy(): string {
-  try {
-    return process.env.KILN_USER || os.userInfo().username;
-  } catch {
-    return process.env.USER || 'unknown';
-  }
-}
 
 /** Opens the registry only when its file exists: reading must not create an empty database. */
 function openRegistry(config: KilnConfig): ModelRegistry | null {
@@ -129,25 +105,6 @@ function renderVersion(config: KilnConfig, v: ModelVersion): string[] {
   ];
   for (const d of v.decisions) lines.push(`    ${d.at}  ${d.kind.padEnd(15)} ${d.by ? `by ${d.by}: ` : ''}${d.reason}`);
   return lines;
-}
-
-/** Runs a models sub-command; refusals and registry errors become a message (JSON with --json) and exit 1. */
-async function guarded(ctx: CliContext, verb: string, json: boolean, fn: () => Promise<number>, mutating = true): Promise<number> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (!(err instanceof Refused) && !(err instanceof RegistryError)) throw err;
-    const hint =
-      err instanceof RegistryError && err.code === 'INCOMPLETE'
-        ? ' (a version missing a required metric is never promotable; retrain so the trainer or its evaluate command emits it)'
-        : err instanceof RegistryError && (err.code === 'NO_PREVIOUS' || err.code === 'NO_PRODUCTION')
-          ? ' (name the target with --to VERSION)'
-          : '';
-    const message = `kiln ${verb}: ${err.message}${hint}${mutating ? '; nothing changed' : ''}`;
-    if (json) ctx.out(JSON.stringify({ ok: false, error: { code: err.code, message } }));
-    process.stderr.write(`${message}\n`);
-    return 1;
-  }
 }
 
 async function list(ctx: CliContext, argv: string[]): Promise<number> {
@@ -286,7 +243,7 @@ Examples:
   kiln models rollback spirals --reason "v4 regressed on live traffic"
   kiln models rollback spirals --to 2 --reason "back to the last known good" --by ana`;
 
-async function modelsVerb(ctx: CliContext): Promise<number> {
+async function modelsCommand(ctx: CliContext): Promise<number> {
   const [sub, ...rest] = ctx.argv;
   switch (sub) {
     case 'list':
@@ -302,94 +259,4 @@ async function modelsVerb(ctx: CliContext): Promise<number> {
   }
 }
 
-async function jobPhase(client: Client, jobId: string): Promise<{ status: string; phase: string | null }> {
-  const h = client.workflow.getHandle(jobId);
-  const d = await h.describe();
-  let phase = (d.typedSearchAttributes.getAll().find((a) => a.key.name === 'KilnPhase')?.value as string | undefined) ?? null;
-  if (d.status.name === 'RUNNING') {
-    // The query is exact; the search attribute may lag. Without a worker to answer, fall back to it.
-    phase = await Promise.race([h.query(progressQuery).then((p) => p.phase), new Promise<string | null>((r) => setTimeout(() => r(phase), 5000).unref())]).catch(() => phase);
-  }
-  return { status: d.status.name, phase };
-}
-
-function approvalVerb(what: 'approve' | 'reject'): (ctx: CliContext) => Promise<number> {
-  return async (ctx) => {
-    const p = parseArgs(ctx.argv, { by: { type: 'string' }, note: { type: 'string' }, wait: { type: 'bool' }, json: { type: 'bool' } }, what);
-    const jobId = p.positional[0];
-    if (!jobId) throw new UsageError(`kiln ${what}: which job? e.g. kiln ${what} train-spirals-3k9x2a --note "checked the eval report" (kiln list --phase awaiting-approval)`);
-    const idCheck = JobIdSchema.safeParse(jobId);
-    if (!idCheck.success) throw new UsageError(`kiln ${what}: ${idCheck.error.issues[0]!.message} (got ${JSON.stringify(jobId)})`);
-    const by = str(p, 'by') ?? defaultBy();
-    const note = str(p, 'note') ?? '';
-    const json = bool(p, 'json');
-    const config = ctx.config();
-    const client = await connectClient(config);
-    try {
-      return await guarded(ctx, what, json, async () => {
-        let state: { status: string; phase: string | null };
-        try {
-          state = await jobPhase(client, jobId);
-        } catch (err) {
-          if (err instanceof WorkflowNotFoundError) throw new Refused('UNKNOWN_JOB', `no job ${jobId} on ${serverAddress(config)} (namespace ${config.server.namespace}); see kiln list --phase awaiting-approval`);
-          throw err;
-        }
-        // The workflow would keep an early signal and apply it later, to a version nobody has seen yet.
-        if (state.status !== 'RUNNING' || state.phase !== 'awaiting-approval') {
-          const now = state.status !== 'RUNNING' ? `has ended (${state.status.toLowerCase()}${state.phase ? `, phase ${state.phase}` : ''})` : `is in phase ${state.phase ?? 'unknown'}`;
-          throw new Refused('NOT_AWAITING_APPROVAL', `job ${jobId} ${now}, not awaiting approval; ${what} only applies in phase awaiting-approval (kiln status ${jobId})`);
-        }
-        const h = client.workflow.getHandle(jobId);
-        await h.signal(what === 'approve' ? approveSignal : rejectSignal, { by, note });
-        let registry: JobSummary['registry'] | null = null;
-        if (bool(p, 'wait')) registry = ((await h.result()) as JobSummary).registry;
-        if (json) ctx.out(JSON.stringify({ ok: true, jobId, signal: what, by, note, ...(registry ? { registry } : {}) }));
-        else {
-          ctx.out(`${what} sent to ${jobId} (by ${by}${note ? `: ${note}` : ''})`);
-          if (registry) ctx.out(`v${registry.version} ${registry.stage}: ${registry.decision}`);
-        }
-        return 0;
-      });
-    } finally {
-      await client.connection.close();
-    }
-  };
-}
-
-export const modelVerbs: Record<string, Verb> = {
-  models: { summary: 'the model registry: list, show, promote, rollback', usage: MODELS_USAGE, run: modelsVerb },
-  approve: {
-    summary: 'approve the version a job is waiting on (phase awaiting-approval): promote it',
-    usage: `kiln approve <job> [--by NAME] [--note TEXT] [--wait] [--json]
-
-Sends the job's \`approve\` signal with {by, note}; the version is promoted and the decision
-("approved by ana (ok): val_loss 0.081 < 0.09 (production v1)") recorded on it and in the job result.
-Refused, with nothing sent, unless the job is in phase awaiting-approval. --wait waits for the job to
-end and prints the decision. --by defaults to $KILN_USER or your login name.
-
-Same with the Temporal CLI:
-  temporal workflow signal --workflow-id <job> --name approve --input '{"by":"ana","note":"ok"}'
-
-Examples:
-  kiln list --phase awaiting-approval
-  kiln approve train-spirals-3k9x2a --note "eval report looks right"
-  kiln approve train-spirals-3k9x2a --by ana --wait --json`,
-    run: approvalVerb('approve'),
-  },
-  reject: {
-    summary: 'reject the version a job is waiting on: it stays a candidate',
-    usage: `kiln reject <job> [--by NAME] [--note TEXT] [--wait] [--json]
-
-Sends the job's \`reject\` signal with {by, note}; the version stays a candidate and the rejection is
-recorded on it and in the job result. Refused, with nothing sent, unless the job is in phase
-awaiting-approval. --by defaults to $KILN_USER or your login name.
-
-Same with the Temporal CLI:
-  temporal workflow signal --workflow-id <job> --name reject --input '{"by":"ana","note":"worse on class 3"}'
-
-Examples:
-  kiln reject train-spirals-3k9x2a --note "worse on the rare class"
-  kiln reject train-spirals-3k9x2a --by ana --wait --json`,
-    run: approvalVerb('reject'),
-  },
-};
+export const modelsVerb: Verb = { summary: 'the model registry: list, show, promote, rollback', usage: MODELS_USAGE, run: modelsCommand };

@@ -9,18 +9,8 @@ import { parseDuration } from '../shared/duration';
 import { UsageError } from '../shared/errors';
 import type { JobSummary } from '../shared/summary';
 import type { RetrainResult, RetrainState } from '../shared/retrain';
-import {
-  awaitRetrainDecision,
-  backfillSchedule,
-  listSchedules,
-  OVERLAP_POLICIES,
-  pauseSchedule,
-  startRetrain,
-  syncSchedules,
-  syncSummary,
-  triggerSchedule,
-  unpauseSchedule,
-} from '../client/schedules';
+import { backfillSchedule, listSchedules, OVERLAP_POLICIES, pauseSchedule, syncSchedules, syncSummary, triggerSchedule, unpauseSchedule } from '../client/schedules';
+import { awaitRetrainDecision, startRetrain } from '../client/retrain';
 import { connectClient } from '../temporal/connect';
 import { bool, parseArgs, str } from './args';
 import type { CliContext, Verb } from './verb';

@@ -9,7 +9,6 @@ import type { KilnConfig } from '../config/load';
 import { cancelSignal, pauseSignal, progressQuery, resumeSignal, TASK_QUEUE_CONTROL } from '../shared/messages';
 import { type JobProgress } from '../shared/progress';
 import { staticSummary, type JobSpec } from '../shared/spec';
-import { type JobSummary } from '../shared/summary';
 import { kilnSearchAttributes } from '../shared/searchAttributes';
 import type { TrainingJob } from '../../workflows/trainingJob';
 
@@ -46,11 +45,4 @@ export async function signalJob(client: Client, jobId: string, what: 'cancel' | 
 
 export async function queryProgress(client: Client, jobId: string): Promise<JobProgress> {
   return client.workflow.getHandle(jobId).query(progressQuery);
-}
-
-/** The job's summary, from its result or (cancelled/failed runs) its memo. */
-export async function jobSummary(client: Client, jobId: string): Promise<JobSummary | null> {
-  const d = await client.workflow.getHandle(jobId).describe();
-  const memo = d.memo as { summary?: JobSummary } | undefined;
-  return memo?.summary ?? null;
 }

@@ -4,7 +4,6 @@
  * the workers (a dead one is restarted with backoff: seed 004's daemon stayed dead for 30 hours),
  * and on Ctrl-C / SIGTERM drains the workers, then stops the server. No process is left behind.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { KilnConfig } from '../config/load';
@@ -12,10 +11,9 @@ import type { Logger } from '../logger';
 import { syncSchedules, syncSummary } from '../client/schedules';
 import { resolveTemporalBinary } from '../temporal/binary';
 import { connectClient, serverAddress } from '../temporal/connect';
-import { startDevServer, stopProcessGroup, type DevServer } from '../temporal/devServer';
+import { startDevServer, type DevServer } from '../temporal/devServer';
 import { ensureSearchAttributes } from '../temporal/registerSearchAttributes';
-
-export const KILN_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'kiln');
+import { WorkerSupervisor, type WorkerSpec } from './supervise';
 
 export interface DevOptions {
   config: KilnConfig;
@@ -28,21 +26,107 @@ export interface DevOptions {
   workerEnv?: NodeJS.ProcessEnv;
 }
 
-interface Supervised {
-  name: string;
-  args: string[];
-  child: ChildProcess | null;
-  restarts: number;
-  startedAt: number;
-  timer: NodeJS.Timeout | null;
+interface ServerInfo {
+  /** Set when this process started the server (and so stops it). */
+  server: DevServer | undefined;
+  address: string;
+  uiUrl: string | undefined;
+}
+
+const devPidfile = (config: KilnConfig) => path.join(config.home, 'run', 'dev.json');
+
+/** The local dev server, or none when server.address names a cluster. */
+async function startServer(config: KilnConfig, log: Logger): Promise<ServerInfo> {
+  const address = serverAddress(config);
+  if (config.server.address) {
+    log.info({ address }, 'using existing Temporal cluster (no local server started)');
+    return { server: undefined, address, uiUrl: undefined };
+  }
+  const bin = resolveTemporalBinary({ cacheDir: path.join(config.home, 'bin'), log: (m) => log.info(m) });
+  log.info({ version: bin.version, path: bin.path, route: bin.route }, 'Temporal CLI');
+  const server = await startDevServer({
+    binary: bin.path,
+    dbFile: path.resolve(config.home, config.dev.dbFile),
+    ip: config.dev.ip,
+    port: config.dev.port,
+    uiPort: config.dev.uiPort,
+    metricsPort: config.dev.metricsPort,
+    namespace: config.server.namespace,
+    logFile: path.join(config.home, 'logs', 'temporal-server.log'),
+  });
+  log.info({ address: server.address, db: path.resolve(config.home, config.dev.dbFile) }, 'Temporal dev server started');
+  return { server, address: server.address, uiUrl: server.uiUrl };
+}
+
+/** Search attributes, then the retrain schedules; a failed sync is logged, not fatal. */
+async function prepareNamespace(config: KilnConfig, log: Logger, address: string): Promise<void> {
+  const client = await connectClient({ ...config, server: { ...config.server, address } });
+  try {
+    const added = await ensureSearchAttributes(client, config.server.namespace);
+    if (added.length) log.info({ added }, 'registered search attributes');
+    try {
+      const synced = await syncSchedules(client, config);
+      log.info({ created: synced.created, updated: synced.updated, deleted: synced.deleted, unchanged: synced.unchanged.length, conflicts: synced.conflicts }, syncSummary(synced));
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'retrain schedules sync failed (run kiln schedules sync to retry)');
+    }
+  } finally {
+    await client.connection.close();
+  }
+}
+
+/** The control worker and one worker per GPU pool. */
+function workerSpecs(config: KilnConfig): WorkerSpec[] {
+  return [{ name: 'control', args: ['worker', 'control'] }, ...Object.keys(config.workers.pools).map((pool) => ({ name: `gpu-${pool}`, args: ['worker', 'gpu', '--pool', pool] }))];
+}
+
+function printBanner(config: KilnConfig, s: ServerInfo): void {
+  const lines = [
+    '',
+    `  Kiln is running.`,
+    `  Temporal server:  ${s.address} (namespace ${config.server.namespace})`,
+    s.uiUrl ? `  Web UI:           ${s.uiUrl}/namespaces/${config.server.namespace}/workflows` : '',
+    `  State folder:     ${config.home}`,
+    `  Stop with Ctrl-C.`,
+    '',
+  ];
+  process.stdout.write(lines.filter((l) => l !== '').join('\n') + '\n');
+}
+
+/** Brings the stack up; `stack.server` is set as soon as a server runs, so a failed startup can stop it. */
+async function startStack(o: DevOptions, stack: { server?: DevServer }, workers: WorkerSupervisor): Promise<ServerInfo> {
+  const { config, log } = o;
+  const s = await startServer(config, log);
+  stack.server = s.server;
+  await prepareNamespace(config, log, s.address);
+  fs.mkdirSync(path.join(config.home, 'run'), { recursive: true });
+  fs.writeFileSync(devPidfile(config), JSON.stringify({ pid: process.pid, serverPid: s.server?.pid ?? null, address: s.address, uiUrl: s.uiUrl }));
+  const env: NodeJS.ProcessEnv = { ...process.env, ...o.workerEnv, KILN_CONFIG: config.file, KILN_HOME: config.home, TEMPORAL_ADDRESS: s.address, KILN_PARENT_PID: String(process.pid) };
+  workers.start(workerSpecs(config), env);
+  log.info({ workers: workers.pids() }, 'workers started');
+  printBanner(config, s);
+  return s;
+}
+
+/** Runs the demo (or any onReady); a failure sets exit code 1. With exitAfterReady, then shuts down. */
+async function runReady(o: DevOptions, s: ServerInfo, shutdown: (why: string) => Promise<void>): Promise<void> {
+  if (!o.onReady) return;
+  try {
+    await o.onReady({ address: s.address, uiUrl: s.uiUrl });
+  } catch (err) {
+    o.log.error({ err: (err as Error).message }, 'demo failed');
+    process.exitCode = 1;
+    if (o.exitAfterReady) await shutdown('demo failed');
+  }
+  if (o.exitAfterReady) await shutdown('demo finished');
 }
 
 export async function runDev(o: DevOptions): Promise<void> {
   const { config, log } = o;
   fs.mkdirSync(config.home, { recursive: true });
-  let server: DevServer | undefined;
+  const stack: { server?: DevServer } = {};
+  const workers = new WorkerSupervisor(log);
   let stopping = false;
-  const workers: Supervised[] = [];
   let resolveStopped!: () => void;
   const stopped = new Promise<void>((r) => (resolveStopped = r));
 
@@ -50,15 +134,13 @@ export async function runDev(o: DevOptions): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ why }, 'shutting down: draining workers, then the server');
-    for (const w of workers) if (w.timer) clearTimeout(w.timer);
-    const grace = config.timeouts.cancelGrace + 15_000;
-    await Promise.all(workers.map((w) => (w.child ? stopProcessGroup(w.child, grace) : Promise.resolve())));
+    await workers.stop(config.timeouts.cancelGrace + 15_000);
     log.info('workers stopped');
-    if (server) {
-      await server.stop(10_000);
+    if (stack.server) {
+      await stack.server.stop(10_000);
       log.info('Temporal dev server stopped');
     }
-    fs.rmSync(path.join(config.home, 'run', 'dev.json'), { force: true });
+    fs.rmSync(devPidfile(config), { force: true });
     resolveStopped();
   };
   const onSignal = (sig: NodeJS.Signals) => void shutdown(sig);
@@ -66,94 +148,8 @@ export async function runDev(o: DevOptions): Promise<void> {
   process.on('SIGTERM', onSignal);
 
   try {
-    let address = serverAddress(config);
-    let uiUrl: string | undefined;
-    if (!config.server.address) {
-      const bin = resolveTemporalBinary({ cacheDir: path.join(config.home, 'bin'), log: (m) => log.info(m) });
-      log.info({ version: bin.version, path: bin.path, route: bin.route }, 'Temporal CLI');
-      server = await startDevServer({
-        binary: bin.path,
-        dbFile: path.resolve(config.home, config.dev.dbFile),
-        ip: config.dev.ip,
-        port: config.dev.port,
-        uiPort: config.dev.uiPort,
-        metricsPort: config.dev.metricsPort,
-        namespace: config.server.namespace,
-        logFile: path.join(config.home, 'logs', 'temporal-server.log'),
-      });
-      address = server.address;
-      uiUrl = server.uiUrl;
-      log.info({ address, db: path.resolve(config.home, config.dev.dbFile) }, 'Temporal dev server started');
-    } else {
-      log.info({ address }, 'using existing Temporal cluster (no local server started)');
-    }
-    const client = await connectClient({ ...config, server: { ...config.server, address } });
-    try {
-      const added = await ensureSearchAttributes(client, config.server.namespace);
-      if (added.length) log.info({ added }, 'registered search attributes');
-      try {
-        const synced = await syncSchedules(client, config);
-        log.info({ created: synced.created, updated: synced.updated, deleted: synced.deleted, unchanged: synced.unchanged.length, conflicts: synced.conflicts }, syncSummary(synced));
-      } catch (err) {
-        log.error({ err: (err as Error).message }, 'retrain schedules sync failed (run kiln schedules sync to retry)');
-      }
-    } finally {
-      await client.connection.close();
-    }
-    fs.mkdirSync(path.join(config.home, 'run'), { recursive: true });
-    fs.writeFileSync(path.join(config.home, 'run', 'dev.json'), JSON.stringify({ pid: process.pid, serverPid: server?.pid ?? null, address, uiUrl }));
-
-    const env: NodeJS.ProcessEnv = { ...process.env, ...o.workerEnv, KILN_CONFIG: config.file, KILN_HOME: config.home, TEMPORAL_ADDRESS: address, KILN_PARENT_PID: String(process.pid) };
-    const spawnWorker = (w: Supervised) => {
-      // Own process group: a trainer's shim dies with its worker's group on shutdown escalation.
-      const child = spawn(process.execPath, [KILN_BIN, ...w.args], { env, stdio: ['ignore', 'inherit', 'inherit'], detached: true });
-      w.child = child;
-      w.startedAt = Date.now();
-      child.once('exit', (code, signal) => {
-        w.child = null;
-        if (stopping) return;
-        // Backoff grows with quick crashes and resets after a minute of healthy running.
-        if (Date.now() - w.startedAt > 60_000) w.restarts = 0;
-        const delay = Math.min(30_000, 1000 * 2 ** w.restarts);
-        w.restarts += 1;
-        log.error({ worker: w.name, code, signal, restartInMs: delay, restarts: w.restarts }, 'worker died; restarting');
-        w.timer = setTimeout(() => {
-          w.timer = null;
-          if (!stopping) spawnWorker(w);
-        }, delay);
-      });
-    };
-    workers.push({ name: 'control', args: ['worker', 'control'], child: null, restarts: 0, startedAt: 0, timer: null });
-    for (const pool of Object.keys(config.workers.pools)) {
-      workers.push({ name: `gpu-${pool}`, args: ['worker', 'gpu', '--pool', pool], child: null, restarts: 0, startedAt: 0, timer: null });
-    }
-    for (const w of workers) spawnWorker(w);
-    log.info({ workers: workers.map((w) => ({ name: w.name, pid: w.child?.pid })) }, 'workers started');
-
-    process.stdout.write(
-      [
-        '',
-        `  Kiln is running.`,
-        `  Temporal server:  ${address} (namespace ${config.server.namespace})`,
-        uiUrl ? `  Web UI:           ${uiUrl}/namespaces/${config.server.namespace}/workflows` : '',
-        `  State folder:     ${config.home}`,
-        `  Stop with Ctrl-C.`,
-        '',
-      ]
-        .filter((l) => l !== '')
-        .join('\n') + '\n',
-    );
-
-    if (o.onReady) {
-      try {
-        await o.onReady({ address, uiUrl });
-      } catch (err) {
-        log.error({ err: (err as Error).message }, 'demo failed');
-        process.exitCode = 1;
-        if (o.exitAfterReady) await shutdown('demo failed');
-      }
-      if (o.exitAfterReady) await shutdown('demo finished');
-    }
+    const s = await startStack(o, stack, workers);
+    await runReady(o, s, shutdown);
     await stopped;
   } catch (err) {
     await shutdown('startup failed');
@@ -161,14 +157,5 @@ export async function runDev(o: DevOptions): Promise<void> {
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-  }
-}
-
-/** The processes a `kiln dev` started, for tests and `kiln doctor`. */
-export function readDevPidfile(home: string): { pid: number; serverPid: number | null; address: string; uiUrl?: string } | null {
-  try {
-    return JSON.parse(fs.readFileSync(path.join(home, 'run', 'dev.json'), 'utf8'));
-  } catch {
-    return null;
   }
 }

@@ -94,37 +94,6 @@ export function compileParamsSchema(decl: ParamsSchemaDecl): z.ZodType<Record<st
   return z.strictObject(shape) as unknown as z.ZodType<Record<string, unknown>>;
 }
 
-/**
- * Parses a CLI "k=v" value against the declared type, so `--param lr=0.01` is a number
- * and `--param optim=adam` a string.
- */
-export function coerceParam(spec: ParamSpec | undefined, raw: string): unknown {
-  if (!spec) {
-    try {
-      return JSON.parse(raw);
-    } catch {
-      return raw;
-    }
-  }
-  switch (spec.type) {
-    case 'number':
-    case 'integer': {
-      const n = Number(raw);
-      return raw.trim() !== '' && Number.isFinite(n) ? n : raw;
-    }
-    case 'boolean':
-      return raw === 'true' ? true : raw === 'false' ? false : raw;
-    case 'array':
-      try {
-        return JSON.parse(raw);
-      } catch {
-        return raw.split(',').map((x) => (spec.items === 'string' ? x : Number(x)));
-      }
-    default:
-      return raw;
-  }
-}
-
 /** One line per zod issue: `params.lr: Too small: expected number to be >0`. */
 export function formatIssues(prefix: string, error: z.ZodError): string[] {
   return error.issues.map((i) => {

