@@ -8,6 +8,7 @@ import { parseDocument } from 'yaml';
 import { ConfigError } from '../shared/errors';
 import { compileParamsSchema, formatIssues } from '../shared/params';
 import { unknownName } from '../shared/names';
+import { timeoutProblems } from '../shared/spec';
 import { ConfigSchema, type ParsedConfig } from './schema';
 
 export interface KilnConfig extends ParsedConfig {
@@ -51,8 +52,11 @@ function interpolate(value: unknown, at: string, env: NodeJS.ProcessEnv, problem
 /** Checks that need more than one field: models refer to trainers and pools, params fit their trainer. */
 function crossCheck(cfg: ParsedConfig): string[] {
   const problems: string[] = [];
+  const compiled = (t: ParsedConfig['timeouts']) => ({ heartbeatMs: t.heartbeat, stallMs: t.stall, startToCloseMs: t.startToClose, cancelGraceMs: t.cancelGrace, maxAttempts: t.maxAttempts });
+  problems.push(...timeoutProblems(compiled(cfg.timeouts)));
   for (const [modelName, m] of Object.entries(cfg.models)) {
     const at = `models.${modelName}`;
+    if (m.timeouts) problems.push(...timeoutProblems(compiled({ ...cfg.timeouts, ...m.timeouts }), `${at}.timeouts`));
     const trainer = cfg.trainers[m.trainer];
     if (!trainer) {
       problems.push(`${at}.trainer: ${unknownName('trainer', m.trainer, Object.keys(cfg.trainers))}`);

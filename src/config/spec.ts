@@ -13,7 +13,7 @@ import { datasetFingerprint } from '../datasets/fingerprint';
 import { ConfigError, ErrorType } from '../shared/errors';
 import { unknownName } from '../shared/names';
 import { compileParamsSchema, formatIssues } from '../shared/params';
-import { JobIdSchema, JobSpecSchema, type JobSpec, type JobSpecInput, type PreparedJob, type Trigger } from '../shared/spec';
+import { JobIdSchema, JobSpecSchema, timeoutProblems, type JobSpec, type JobSpecInput, type PreparedJob, type Timeouts, type Trigger } from '../shared/spec';
 import type { KilnConfig } from './load';
 
 /** What a caller may change on a model's spec from temporal.yaml. */
@@ -82,6 +82,7 @@ export function buildSpec(config: KilnConfig, model: string, o: SpecOverrides = 
 /** Every problem a spec has against this config (id, trainer, params, pool), by path. */
 function specProblems(config: KilnConfig, spec: JobSpec, jobId: string): { problems: string[]; params: Record<string, unknown> } {
   const problems: string[] = [];
+  if (!config.models[spec.model]) problems.push(`model: ${unknownName('model', spec.model, Object.keys(config.models), config.file)}`);
   const idCheck = JobIdSchema.safeParse(jobId);
   if (!idCheck.success) problems.push(...formatIssues('jobId', idCheck.error));
   const trainer = config.trainers[spec.trainer];
@@ -94,7 +95,21 @@ function specProblems(config: KilnConfig, spec: JobSpec, jobId: string): { probl
     else params = r.data;
   }
   if (!config.workers.pools[spec.pool]) problems.push(`pool: ${unknownName('pool', spec.pool, Object.keys(config.workers.pools), config.file)}`);
+  problems.push(...timeoutProblems(effectiveTimeouts(config, spec)));
   return { problems, params };
+}
+
+/** Timeouts as the job will run them: config < model < spec. */
+function effectiveTimeouts(config: KilnConfig, spec: JobSpec): Timeouts {
+  const t = { ...config.timeouts, ...(config.models[spec.model]?.timeouts ?? {}) };
+  const o = spec.timeouts ?? {};
+  return {
+    heartbeatMs: o.heartbeat ?? t.heartbeat,
+    stallMs: o.stall ?? t.stall,
+    startToCloseMs: o.startToClose ?? t.startToClose,
+    cancelGraceMs: o.cancelGrace ?? t.cancelGrace,
+    maxAttempts: o.maxAttempts ?? t.maxAttempts,
+  };
 }
 
 function promotionOf(config: KilnConfig, model: string): PreparedJob['promotion'] {
@@ -114,8 +129,6 @@ export function prepareSpec(config: KilnConfig, spec: JobSpec, jobId: string): P
   }
   const trainer = config.trainers[spec.trainer]!;
   const model = config.models[spec.model];
-  const t = { ...config.timeouts, ...(model?.timeouts ?? {}) };
-  const o = spec.timeouts ?? {};
   const root = config.artifactsRoot;
   const workDir = path.join(root, 'jobs', jobId);
   // The id alphabet already excludes separators; this guards the join itself.
@@ -127,13 +140,7 @@ export function prepareSpec(config: KilnConfig, spec: JobSpec, jobId: string): P
     spec,
     params,
     datasetFingerprint: spec.datasetFingerprint ?? datasetFingerprint(spec.dataset, config.baseDir),
-    timeouts: {
-      heartbeatMs: o.heartbeat ?? t.heartbeat,
-      stallMs: o.stall ?? t.stall,
-      startToCloseMs: o.startToClose ?? t.startToClose,
-      cancelGraceMs: o.cancelGrace ?? t.cancelGrace,
-      maxAttempts: o.maxAttempts ?? t.maxAttempts,
-    },
+    timeouts: effectiveTimeouts(config, spec),
     retention: { ...config.retention, ...(model?.retention ?? {}), ...(spec.retention ?? {}) },
     requiredMetrics: model?.requiredMetrics ?? [],
     promotion: promotionOf(config, spec.model),

@@ -103,3 +103,20 @@ export function staticSummary(spec: JobSpec): string {
     .join(' ');
   return `${spec.model} · ${spec.trainer}${params ? ` · ${params}` : ''} · pool ${spec.pool}×${spec.gpus}`.slice(0, 400);
 }
+
+/** Smallest accepted timeouts: below them a dead worker or a hung trainer could go unnoticed. */
+export const TIMEOUT_MINIMUMS = { heartbeatMs: 1000, stallMs: 1000 } as const;
+
+/**
+ * What is wrong with a job's effective timeouts (config < model < spec), by path, with the fix. The
+ * stall timeout may be shorter than the heartbeat: the worker checks it locally, every tick.
+ */
+export function timeoutProblems(t: Timeouts, at = 'timeouts'): string[] {
+  const problems: string[] = [];
+  if (t.heartbeatMs < TIMEOUT_MINIMUMS.heartbeatMs) {
+    problems.push(`${at}.heartbeat: ${t.heartbeatMs} ms is below the minimum of 1s (a dead worker would go unnoticed); use e.g. "10s"`);
+  }
+  if (t.stallMs < TIMEOUT_MINIMUMS.stallMs) problems.push(`${at}.stall: ${t.stallMs} ms is below the minimum of 1s (every pause between steps would count as a stall); use e.g. "2m"`);
+  if (t.startToCloseMs < t.heartbeatMs) problems.push(`${at}.startToClose: ${t.startToCloseMs} ms is shorter than the heartbeat timeout (${t.heartbeatMs} ms); use e.g. "7d"`);
+  return problems;
+}
