@@ -6,8 +6,6 @@
  * id, and the server refuses a second start of it.
  */
 import {
-  ActivityCancellationType,
-  type ActivityOptions,
   ApplicationFailure,
   ChildWorkflowCancellationType,
   ParentClosePolicy,
@@ -20,21 +18,14 @@ import {
   WorkflowIdReusePolicy,
 } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
-import type * as activities from '../activities';
-import { ErrorType, NON_RETRYABLE_TYPES } from '../src/shared/errors';
+import { ErrorType } from '../src/shared/errors';
 import type { JobSummary } from '../src/shared/summary';
 import { retrainStateQuery, type RetrainInput, type RetrainResult, type RetrainState } from '../src/shared/retrain';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
+import { type ControlActivities, controlOptions } from './activityOptions';
 import type { TrainingJob } from './trainingJob';
 
-type Activities = ReturnType<typeof activities.createControlActivities>;
-
-const controlOptions: ActivityOptions = {
-  startToCloseTimeout: '2m',
-  retry: { maximumAttempts: 10, initialInterval: '1s', maximumInterval: '20s', nonRetryableErrorTypes: NON_RETRYABLE_TYPES },
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-};
-const control = proxyActivities<Activities>(controlOptions);
+const control = proxyActivities<ControlActivities>(controlOptions());
 
 /** Set by the scheduler on the runs it starts: the nominal fire time. */
 const TemporalScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);
@@ -50,7 +41,7 @@ export async function RetrainModel(input: RetrainInput): Promise<RetrainResult> 
 
   const scheduledAt = info.typedSearchAttributes.get(TemporalScheduledStartTime) as Date | undefined;
   const check = await control.checkRetrainNeed.executeWithOptions(
-    { ...controlOptions, summary: `need-check ${input.model}` },
+    { ...controlOptions(), summary: `need-check ${input.model}` },
     [{ ...input, scheduledAtMs: scheduledAt ? scheduledAt.getTime() : null, startedAtMs: info.startTime.getTime() }],
   );
   if (check.trigger !== input.trigger) upsertSearchAttributes(kilnSearchAttributes({ trigger: check.trigger }));
