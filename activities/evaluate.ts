@@ -2,15 +2,15 @@
  * `evaluate`: runs the trainer's evaluation command on the held-out split, or takes the validation
  * metrics the trainer already emitted. Registered on the control worker and on GPU workers.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { ErrorType } from '../src/shared/errors';
 import type { PreparedJob } from '../src/shared/spec';
 import type { TrainResult } from '../src/shared/summary';
 import { pidfileFor } from '../src/supervisor/pidfiles';
+import { ExitCode, logTail, trainerEnv } from '../src/supervisor/protocol';
 import { startTrainer } from '../src/supervisor/trainer';
+import { evaluateLogFile } from '../src/supervisor/workdir';
 import type { CommonDeps } from './deps';
 
 export interface EvaluateInput {
@@ -23,14 +23,7 @@ export interface EvaluateResult {
   source: 'command' | 'training';
 }
 
-function tail(file: string, lines = 20): string {
-  try {
-    const text = fs.readFileSync(file, 'utf8');
-    return text.slice(-16 * 1024).split('\n').slice(-lines - 1).join('\n').trim();
-  } catch {
-    return '';
-  }
-}
+const tail = (file: string): string => logTail(file, 20, 16 * 1024);
 
 export function createEvaluate(deps: CommonDeps) {
   return async function evaluate({ prepared: p, train }: EvaluateInput): Promise<EvaluateResult> {
@@ -41,25 +34,20 @@ export function createEvaluate(deps: CommonDeps) {
     }
     const ctx = Context.current();
     const metrics: Record<string, number> = {};
-    const logFile = path.join(p.workDir, 'evaluate.log');
+    const logFile = evaluateLogFile(p.workDir);
     const handle = startTrainer({
       argv: deps.trainerArgv(trainer.evaluate.command),
-      env: {
-        ...process.env,
-        ...trainer.env,
-        KILN_PROTOCOL: '1',
-        KILN_MODE: 'evaluate',
-        KILN_JOB_ID: p.jobId,
-        KILN_ATTEMPT: String(ctx.info.attempt),
-        KILN_PARAMS: JSON.stringify(p.params),
-        KILN_WORK_DIR: p.workDir,
-        KILN_CHECKPOINT_DIR: path.join(p.workDir, 'checkpoints'),
-        KILN_ARTIFACT_DIR: path.join(p.workDir, 'artifacts'),
-        KILN_MODEL_PATH: train.modelPath,
-        KILN_RESUME_FROM: '',
-        KILN_EVENTS_FD: '3',
-        CUDA_VISIBLE_DEVICES: train.gpuIds.join(','),
-      },
+      env: trainerEnv({
+        mode: 'evaluate',
+        jobId: p.jobId,
+        attempt: ctx.info.attempt,
+        params: p.params,
+        workDir: p.workDir,
+        resumeFrom: '',
+        modelPath: train.modelPath,
+        gpuIds: train.gpuIds,
+        trainerEnv: trainer.env,
+      }),
       cwd: p.workDir,
       logFile,
       pidfile: pidfileFor(deps.config.home, `${p.jobId}.evaluate`),
@@ -78,11 +66,10 @@ export function createEvaluate(deps: CommonDeps) {
     const ticker = setInterval(() => ctx.heartbeat(), 500);
     const code = await handle.exited.finally(() => clearInterval(ticker));
     if (cancelled) throw new CancelledFailure('evaluation cancelled');
-    // Exit 2 means the command rejected its input (protocol): retrying cannot help.
-    if (code === 2) {
+    if (code === ExitCode.invalidInput) {
       throw ApplicationFailure.nonRetryable(`evaluation command rejected its input (exit 2); see ${logFile}:\n${tail(logFile)}`, ErrorType.InvalidParams, { exitCode: code });
     }
-    if (code !== 0) {
+    if (code !== ExitCode.ok) {
       throw ApplicationFailure.retryable(`evaluation command exited with code ${code}; see ${logFile}:\n${tail(logFile)}`, ErrorType.TrainerFailed, { exitCode: code });
     }
     deps.log.info({ jobId: p.jobId, metrics }, 'evaluation finished');

@@ -1,10 +1,11 @@
 /**
  * Activity factories. Workflows import this module only as types.
- * - control worker (kiln-control): prepareJob, evaluate, registry activities;
+ * - control worker (kiln-control): prepareJob, evaluate, registry, retrain and job-end activities;
  * - GPU workers (kiln-gpu-<pool>): train, evaluate.
  */
 import type { CommonDeps, GpuDeps } from './deps';
 import { createEvaluate } from './evaluate';
+import { createJobEndActivities } from './jobEnd';
 import { createPrepareJob } from './prepare';
 import { createRegistryActivities, type RegistryHooks } from './registry';
 import { createRetrainActivities } from './retrain';
@@ -16,6 +17,7 @@ export function createControlActivities(deps: CommonDeps, hooks: RegistryHooks =
     evaluate: createEvaluate(deps),
     ...createRegistryActivities(deps, hooks),
     ...createRetrainActivities(deps),
+    ...createJobEndActivities(deps),
   };
 }
 

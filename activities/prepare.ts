@@ -4,16 +4,16 @@
  * before any GPU is touched.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { prepareSpec } from '../src/config/spec';
 import type { JobSpec, PreparedJob } from '../src/shared/spec';
+import { checkpointDir, jobFile } from '../src/supervisor/workdir';
 import type { CommonDeps } from './deps';
 
 export function createPrepareJob(deps: CommonDeps) {
   return async function prepareJob(spec: JobSpec, jobId: string): Promise<PreparedJob> {
     const prepared = prepareSpec(deps.config, spec, jobId);
-    fs.mkdirSync(path.join(prepared.workDir, 'checkpoints'), { recursive: true });
-    fs.writeFileSync(path.join(prepared.workDir, 'job.json'), JSON.stringify({ jobId, spec, params: prepared.params, datasetFingerprint: prepared.datasetFingerprint }, null, 2));
+    fs.mkdirSync(checkpointDir(prepared.workDir), { recursive: true });
+    fs.writeFileSync(jobFile(prepared.workDir), JSON.stringify({ jobId, spec, params: prepared.params, datasetFingerprint: prepared.datasetFingerprint }, null, 2));
     return prepared;
   };
 }

@@ -1,6 +1,7 @@
 /**
  * Registry activities (control queue): register the trained version (idempotent by job id, so a
- * retried activity never creates a second version), decide promotion, and settle approvals.
+ * retried activity never creates a second version), decide promotion, and settle approvals. Job
+ * cancellation and the end-of-job record are in jobEnd.ts.
  */
 import { ApplicationFailure } from '@temporalio/common';
 import { Context } from '@temporalio/activity';
@@ -8,7 +9,7 @@ import { ErrorType } from '../src/shared/errors';
 import type { PreparedJob } from '../src/shared/spec';
 import type { TrainResult } from '../src/shared/summary';
 import { evaluatePromotion } from '../src/registry/promotion';
-import { RegistryError } from '../src/registry/types';
+import { RegistryError, type ModelRegistry, type ModelVersion } from '../src/registry/types';
 import type { CommonDeps } from './deps';
 
 export interface RegisterVersionInput {
@@ -64,101 +65,99 @@ export interface RegistryHooks {
 
 export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks = {}) {
   return {
-    async registerVersion({ prepared: p, train, validation, runId }: RegisterVersionInput): Promise<RegisterVersionResult> {
-      const reg = deps.registry();
-      const metrics = { ...train.metrics, ...validation };
-      let created: boolean;
-      let v;
-      try {
-        ({ version: v, created } = reg.register({
-          model: p.spec.model,
-          jobId: p.jobId,
-          runId,
-          trainer: p.spec.trainer,
-          params: p.params,
-          datasetFingerprint: p.datasetFingerprint,
-          baseCheckpoint: p.spec.baseCheckpoint ?? null,
-          metrics,
-          artifactPath: train.modelPath,
-          checkpointPath: train.lastCheckpoint?.path ?? null,
-          requiredMetrics: p.requiredMetrics,
-        }));
-      } catch (err) {
-        refuse(err);
-      }
-      // The key is the workflow id, which a later run may reuse (resubmitted id, reset): that run
-      // trained a different model, and must not be reported as the earlier run's version.
-      if (!created && v.runId !== runId) {
-        throw ApplicationFailure.nonRetryable(
-          `job ${p.jobId} is already registered as ${v.model} v${v.version} by an earlier run (${v.runId}); this run (${runId}) cannot register under the same job id. Submit the retraining as a new job (a new --id)`,
-          ErrorType.RegistryRefused,
-          { code: 'JOB_CONFLICT', model: v.model, version: v.version },
-        );
-      }
-      const attempt = Context.current().info.attempt;
-      if (hooks.failAfterRegisterOnAttempts?.includes(attempt) && (!hooks.failAfterRegisterModels || hooks.failAfterRegisterModels.includes(p.spec.model))) {
-        throw new Error(`injected fault: failing registerVersion after the write (attempt ${attempt})`);
-      }
-      // A retry after the decision was recorded returns that decision instead of deciding again.
-      const prior = v.decisions.find((d) => d.kind === 'promoted' || d.kind === 'kept-candidate' || d.kind === 'rejected' || d.kind === 'approved');
-      if (prior && !created) {
-        return { version: v.version, created, stage: v.stage, complete: v.complete, missingMetrics: v.missingMetrics, decision: `${prior.reason}`, awaitingApproval: false };
-      }
-      if (!v.complete) {
-        const reason = `not promotable: incomplete, missing required metrics ${v.missingMetrics.join(', ')}`;
-        deps.log.warn({ jobId: p.jobId, model: v.model, version: v.version, missing: v.missingMetrics, metrics: Object.keys(metrics) }, `registered ${v.model} v${v.version} as INCOMPLETE: ${reason}`);
-        reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason });
-        return { version: v.version, created, stage: v.stage, complete: false, missingMetrics: v.missingMetrics, decision: reason, awaitingApproval: false };
-      }
-      if (!p.promotion) {
-        return { version: v.version, created, stage: v.stage, complete: true, missingMetrics: [], decision: 'kept candidate: no promotion policy for this model', awaitingApproval: false };
-      }
-      const prod = reg.production(v.model);
-      const verdict = evaluatePromotion(p.promotion, v, prod && prod.version !== v.version ? { version: prod.version, metrics: prod.metrics } : null);
-      if (verdict.promote && !verdict.requiresApproval) {
-        try {
-          const after = reg.promote(v.model, v.version, { reason: verdict.reason, by: 'kiln', kind: 'promoted' });
-          return { version: v.version, created, stage: after.stage, complete: true, missingMetrics: [], decision: verdict.reason, awaitingApproval: false };
-        } catch (err) {
-          refuse(err);
-        }
-      }
-      if (!verdict.promote) reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason: verdict.reason });
-      return { version: v.version, created, stage: v.stage, complete: true, missingMetrics: [], decision: verdict.reason, awaitingApproval: verdict.requiresApproval };
-    },
-
-    async resolveApproval(a: ResolveApprovalInput): Promise<{ stage: string; decision: string }> {
-      const reg = deps.registry();
-      const why = a.eligibility ? a.eligibility.replace(ELIGIBLE_PREFIX, '') : '';
-      const who = `${a.by ?? 'unknown'}${a.note ? ` (${a.note})` : ''}`;
-      try {
-        if (a.verdict === 'approved') {
-          const reason = `approved by ${who}${why ? `: ${why}` : ''}`;
-          const v = reg.promote(a.model, a.version, { reason, by: a.by, kind: 'approved' });
-          return { stage: v.stage, decision: `promoted: ${reason}` };
-        }
-        const reason =
-          a.verdict === 'rejected'
-            ? `rejected by ${who}: kept as candidate`
-            : a.verdict === 'timeout'
-              ? `approval timed out${a.timeoutMs !== undefined ? ` after ${formatMs(a.timeoutMs)}` : ''}: kept as candidate`
-              : 'job cancelled while awaiting approval: kept as candidate';
-        const full = why ? `${reason} (was eligible: ${why})` : reason;
-        const v = reg.recordDecision(a.model, a.version, { kind: a.verdict === 'rejected' ? 'rejected' : 'kept-candidate', reason: full, by: a.by });
-        return { stage: v.stage, decision: full };
-      } catch (err) {
-        refuse(err);
-      }
-    },
-
-    /** Cancels a workflow as a client would (`temporal workflow cancel`); used by the cancel signal. */
-    async requestCancellation(r: { workflowId: string; runId: string; reason: string }): Promise<void> {
-      deps.log.info({ jobId: r.workflowId, reason: r.reason }, 'cancel signal: requesting cancellation');
-      await deps.client.workflow.getHandle(r.workflowId, r.runId).cancel();
-    },
-
-    async recordJobEnd(e: { prepared: PreparedJob; outcome: string; reason: string }): Promise<void> {
-      deps.log.info({ jobId: e.prepared.jobId, model: e.prepared.spec.model, outcome: e.outcome, reason: e.reason }, 'job ended');
-    },
+    registerVersion: (input: RegisterVersionInput): Promise<RegisterVersionResult> => registerVersion(deps, hooks, input),
+    resolveApproval: (a: ResolveApprovalInput): Promise<{ stage: string; decision: string }> => resolveApproval(deps, a),
   };
+}
+
+async function registerVersion(deps: CommonDeps, hooks: RegistryHooks, { prepared: p, train, validation, runId }: RegisterVersionInput): Promise<RegisterVersionResult> {
+  const reg = deps.registry();
+  const metrics = { ...train.metrics, ...validation };
+  let created: boolean;
+  let v: ModelVersion;
+  try {
+    ({ version: v, created } = reg.register({
+      model: p.spec.model,
+      jobId: p.jobId,
+      runId,
+      trainer: p.spec.trainer,
+      params: p.params,
+      datasetFingerprint: p.datasetFingerprint,
+      baseCheckpoint: p.spec.baseCheckpoint ?? null,
+      metrics,
+      artifactPath: train.modelPath,
+      checkpointPath: train.lastCheckpoint?.path ?? null,
+      requiredMetrics: p.requiredMetrics,
+    }));
+  } catch (err) {
+    refuse(err);
+  }
+  // The key is the workflow id, which a later run may reuse (resubmitted id, reset): that run
+  // trained a different model, and must not be reported as the earlier run's version.
+  if (!created && v.runId !== runId) {
+    throw ApplicationFailure.nonRetryable(
+      `job ${p.jobId} is already registered as ${v.model} v${v.version} by an earlier run (${v.runId}); this run (${runId}) cannot register under the same job id. Submit the retraining as a new job (a new --id)`,
+      ErrorType.RegistryRefused,
+      { code: 'JOB_CONFLICT', model: v.model, version: v.version },
+    );
+  }
+  const attempt = Context.current().info.attempt;
+  if (hooks.failAfterRegisterOnAttempts?.includes(attempt) && (!hooks.failAfterRegisterModels || hooks.failAfterRegisterModels.includes(p.spec.model))) {
+    throw new Error(`injected fault: failing registerVersion after the write (attempt ${attempt})`);
+  }
+  // A retry after the decision was recorded returns that decision instead of deciding again.
+  const prior = v.decisions.find((d) => d.kind === 'promoted' || d.kind === 'kept-candidate' || d.kind === 'rejected' || d.kind === 'approved');
+  if (prior && !created) {
+    return { version: v.version, created, stage: v.stage, complete: v.complete, missingMetrics: v.missingMetrics, decision: `${prior.reason}`, awaitingApproval: false };
+  }
+  if (!v.complete) {
+    const reason = `not promotable: incomplete, missing required metrics ${v.missingMetrics.join(', ')}`;
+    deps.log.warn({ jobId: p.jobId, model: v.model, version: v.version, missing: v.missingMetrics, metrics: Object.keys(metrics) }, `registered ${v.model} v${v.version} as INCOMPLETE: ${reason}`);
+    reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason });
+    return { version: v.version, created, stage: v.stage, complete: false, missingMetrics: v.missingMetrics, decision: reason, awaitingApproval: false };
+  }
+  return decidePromotion(reg, p, v, created);
+}
+
+/** A complete, newly registered version: promote it, keep it, or leave it awaiting approval. */
+function decidePromotion(reg: ModelRegistry, p: PreparedJob, v: ModelVersion, created: boolean): RegisterVersionResult {
+  if (!p.promotion) {
+    return { version: v.version, created, stage: v.stage, complete: true, missingMetrics: [], decision: 'kept candidate: no promotion policy for this model', awaitingApproval: false };
+  }
+  const prod = reg.production(v.model);
+  const verdict = evaluatePromotion(p.promotion, v, prod && prod.version !== v.version ? { version: prod.version, metrics: prod.metrics } : null);
+  if (verdict.promote && !verdict.requiresApproval) {
+    try {
+      const after = reg.promote(v.model, v.version, { reason: verdict.reason, by: 'kiln', kind: 'promoted' });
+      return { version: v.version, created, stage: after.stage, complete: true, missingMetrics: [], decision: verdict.reason, awaitingApproval: false };
+    } catch (err) {
+      refuse(err);
+    }
+  }
+  if (!verdict.promote) reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason: verdict.reason });
+  return { version: v.version, created, stage: v.stage, complete: true, missingMetrics: [], decision: verdict.reason, awaitingApproval: verdict.requiresApproval };
+}
+
+async function resolveApproval(deps: CommonDeps, a: ResolveApprovalInput): Promise<{ stage: string; decision: string }> {
+  const reg = deps.registry();
+  const why = a.eligibility ? a.eligibility.replace(ELIGIBLE_PREFIX, '') : '';
+  const who = `${a.by ?? 'unknown'}${a.note ? ` (${a.note})` : ''}`;
+  try {
+    if (a.verdict === 'approved') {
+      const reason = `approved by ${who}${why ? `: ${why}` : ''}`;
+      const v = reg.promote(a.model, a.version, { reason, by: a.by, kind: 'approved' });
+      return { stage: v.stage, decision: `promoted: ${reason}` };
+    }
+    const reason =
+      a.verdict === 'rejected'
+        ? `rejected by ${who}: kept as candidate`
+        : a.verdict === 'timeout'
+          ? `approval timed out${a.timeoutMs !== undefined ? ` after ${formatMs(a.timeoutMs)}` : ''}: kept as candidate`
+          : 'job cancelled while awaiting approval: kept as candidate';
+    const full = why ? `${reason} (was eligible: ${why})` : reason;
+    const v = reg.recordDecision(a.model, a.version, { kind: a.verdict === 'rejected' ? 'rejected' : 'kept-candidate', reason: full, by: a.by });
+    return { stage: v.stage, decision: full };
+  } catch (err) {
+    refuse(err);
+  }
 }

@@ -24,7 +24,7 @@ export interface GpuWorkerOptions {
   onTrainerStarted?: GpuDeps['onTrainerStarted'];
 }
 
-export async function resolveDevices(config: KilnConfig, pool: string, slotsOverride?: number): Promise<{ devices: string[]; slots: number }> {
+async function resolveDevices(config: KilnConfig, pool: string, slotsOverride?: number): Promise<{ devices: string[]; slots: number }> {
   const p = config.workers.pools[pool];
   if (!p) throw new Error(unknownName('pool', pool, Object.keys(config.workers.pools), config.file));
   const devices = p.devices === 'auto' ? await detectGpus() : p.devices.map(String);
@@ -32,7 +32,7 @@ export async function resolveDevices(config: KilnConfig, pool: string, slotsOver
   return { devices, slots };
 }
 
-export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void>; leases: GpuLeases }> {
+export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
   const { devices, slots } = await resolveDevices(o.config, o.pool, o.slots);
   const killed = await reapOrphans(o.config.home, (msg, extra) => o.log.warn(extra, msg));
   if (killed.length) o.log.warn({ count: killed.length }, 'killed trainers orphaned by a crashed worker on this host');
@@ -72,7 +72,6 @@ export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Wo
   });
   return {
     worker,
-    leases,
     close: async () => {
       await base.connection.close();
     },

@@ -5,7 +5,7 @@
 import type { Runtime } from '@temporalio/worker';
 import type { KilnMetrics } from '../activities/deps';
 
-export function createKilnMetrics(runtime: Runtime, pool: string, slots: number): KilnMetrics & { setFreeSlots(n: number): void } {
+export function createKilnMetrics(runtime: Runtime, pool: string, slots: number): KilnMetrics {
   const m = runtime.metricMeter;
   const running = m.createGauge('kiln_jobs_running', 'int', '', 'training jobs running on this worker');
   const free = m.createGauge('kiln_gpu_slots_free', 'int', '', 'free training slots on this worker');
@@ -20,7 +20,6 @@ export function createKilnMetrics(runtime: Runtime, pool: string, slots: number)
   setFree(slots);
   running.set(0, { pool });
   return {
-    setFreeSlots: setFree,
     jobStarted(p) {
       n += 1;
       running.set(n, { pool: p });

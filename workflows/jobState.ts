@@ -7,8 +7,8 @@
 import { type ActivityInterfaceFor, CancellationScope, setCurrentDetails, setHandler, upsertMemo, upsertSearchAttributes } from '@temporalio/workflow';
 import { approveSignal, cancelSignal, pauseSignal, progressQuery, rejectSignal, reportSignal, resumeSignal, statusQuery, type ApprovalInput } from '../src/shared/messages';
 import { formatDuration } from '../src/shared/duration';
-import { progressLine, type CheckpointRef, type JobProgress, type Phase, type ProgressReport } from '../src/shared/progress';
-import { type JobSummary, type TrainResult } from '../src/shared/summary';
+import { progressLine, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
+import type { JobProgress, JobSummary, TrainResult } from '../src/shared/summary';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 import type { ControlActivities } from './activityOptions';
 

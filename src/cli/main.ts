@@ -25,21 +25,26 @@ Usage: kiln <verb> [options]      (kiln <verb> --help for details and examples)
 Global options: --config <temporal.yaml> (or KILN_CONFIG), --pretty (human logs)
 `;
 
-export const VERBS: Record<string, Verb> = {
-  ...stackVerbs,
-  submit: submitVerb,
-  status: statusVerb,
-  watch: watchVerb,
-  list: listVerb,
-  ...signalVerbs,
-  logs: logsVerb,
-  models: modelsVerb,
-  ...approvalVerbs,
-  ...scheduleVerbs,
-  doctor: doctorVerb,
-};
+/** The verb table; `extra` (bin/kiln's `worker`) goes after the stack verbs. */
+export function verbTable(extra: Record<string, Verb> = {}): Record<string, Verb> {
+  return {
+    ...stackVerbs,
+    ...extra,
+    submit: submitVerb,
+    status: statusVerb,
+    watch: watchVerb,
+    list: listVerb,
+    ...signalVerbs,
+    logs: logsVerb,
+    models: modelsVerb,
+    ...approvalVerbs,
+    ...scheduleVerbs,
+    doctor: doctorVerb,
+  };
+}
 
-export async function main(argv = process.argv.slice(2)): Promise<number> {
+export async function main(argv = process.argv.slice(2), extra: Record<string, Verb> = {}): Promise<number> {
+  const VERBS = verbTable(extra);
   const pretty = argv.includes('--pretty');
   argv = argv.filter((a) => a !== '--pretty');
   let configFile: string | undefined;
@@ -70,13 +75,13 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
   return typeof code === 'number' ? code : 0;
 }
 
-export function runCli(): void {
+export function runCli(extra: Record<string, Verb> = {}): void {
   // `kiln list | head` closes stdout early: that is not an error.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(0);
     throw err;
   });
-  main().then(
+  main(process.argv.slice(2), extra).then(
     (code) => {
       process.exitCode = code;
     },

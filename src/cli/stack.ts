@@ -1,6 +1,6 @@
 /**
- * Verbs that run or check the stack itself: `kiln dev`, `kiln worker`, `kiln config check`,
- * `kiln temporal-bin`. The heavy parts (server, workers) are imported only when their verb runs.
+ * Verbs that run or check the stack itself: `kiln dev`, `kiln config check`, `kiln temporal-bin`
+ * (`kiln worker` lives in workers/cli.ts; bin/kiln adds it). The heavy parts (server, workers) are imported only when their verb runs.
  */
 import * as path from 'node:path';
 import { UsageError } from '../shared/errors';
@@ -20,29 +20,6 @@ async function devVerb(ctx: CliContext): Promise<number> {
     exitAfterReady: bool(p, 'exit-after-demo'),
   });
   return Number(process.exitCode ?? 0);
-}
-
-async function workerVerb(ctx: CliContext): Promise<number> {
-  const p = parseArgs(ctx.argv, { pool: { type: 'string' }, slots: { type: 'string' } }, 'worker');
-  const kind = p.positional[0];
-  if (kind !== 'control' && kind !== 'gpu') throw new UsageError('kiln worker: say which worker: `kiln worker control` or `kiln worker gpu [--pool P]`');
-  const config = ctx.config();
-  // Started by `kiln dev`: leave when it dies, even by SIGKILL, instead of running on unsupervised.
-  const parent = Number(process.env.KILN_PARENT_PID ?? 0);
-  if (parent > 0) {
-    setInterval(() => {
-      try {
-        process.kill(parent, 0);
-      } catch {
-        ctx.log.warn({ parent }, 'kiln dev is gone; shutting down');
-        process.kill(process.pid, 'SIGTERM');
-      }
-    }, 1000).unref();
-  }
-  const { runWorker } = await import('./worker');
-  const slots = str(p, 'slots');
-  await runWorker(kind, config, ctx.log.child({ worker: kind }), str(p, 'pool') ?? 'gpu', slots ? Number(slots) : undefined);
-  return 0;
 }
 
 async function configVerb(ctx: CliContext): Promise<number> {
@@ -77,15 +54,6 @@ Examples:
   kiln dev --demo                # and train the first model in temporal.yaml, showing progress
   kiln dev --demo --exit-after-demo`,
     run: devVerb,
-  },
-  worker: {
-    summary: 'run one worker process (control, or gpu --pool P)',
-    usage: `kiln worker control
-kiln worker gpu [--pool gpu] [--slots N]
-
-What a systemd unit or k8s pod runs (see docs/deploy.md). SIGTERM drains: running trainers get
-SIGTERM, checkpoint, and their jobs resume on another worker.`,
-    run: workerVerb,
   },
   config: {
     summary: 'validate temporal.yaml without starting anything',

@@ -4,7 +4,8 @@
  */
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { formatDuration } from '../shared/duration';
-import { progressLine, type JobProgress } from '../shared/progress';
+import { progressLine } from '../shared/progress';
+import type { JobProgress } from '../shared/summary';
 import { bool, int, jobIdArg, parseArgs } from './args';
 import { jobStatus, outcomeOf, renderStatus, type StatusView } from './status';
 import { withClient, type CliContext, type Verb } from './verb';

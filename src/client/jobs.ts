@@ -7,7 +7,7 @@ import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandleW
 import { validateSpec } from '../config/spec';
 import type { KilnConfig } from '../config/load';
 import { cancelSignal, pauseSignal, progressQuery, resumeSignal, TASK_QUEUE_CONTROL } from '../shared/messages';
-import { type JobProgress } from '../shared/progress';
+import type { JobProgress } from '../shared/summary';
 import { staticSummary, type JobSpec } from '../shared/spec';
 import { kilnSearchAttributes } from '../shared/searchAttributes';
 import type { TrainingJob } from '../../workflows/trainingJob';

@@ -3,7 +3,8 @@
  * `temporal workflow signal --name cancel --input '{"reason":"wrong lr"}'`). Workflow-safe.
  */
 import { defineQuery, defineSignal } from '@temporalio/workflow';
-import type { JobProgress, JobStatus, ProgressReport } from './progress';
+import type { JobStatus, ProgressReport } from './progress';
+import type { JobProgress } from './summary';
 
 export const TASK_QUEUE_CONTROL = 'kiln-control';
 export const gpuTaskQueue = (pool: string): string => `kiln-gpu-${pool}`;

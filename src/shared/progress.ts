@@ -1,10 +1,8 @@
 /**
  * Progress, in one shape: the train activity's report (signal `kiln.report`, also kept in heartbeat
- * details), the workflow's `progress`/`status` query replies, and the one-line progress text.
+ * details), the workflow's `status` query reply, and the one-line progress text.
  * Workflow-safe.
  */
-import type { JobSummary } from './summary';
-
 export interface GpuTelemetry {
   index: string;
   name?: string;
@@ -62,32 +60,6 @@ export function progressLine(p: Pick<ProgressReport, 'step' | 'totalSteps' | 'ep
   return parts.join(' · ');
 }
 
-export interface JobProgress {
-  jobId: string;
-  model: string;
-  phase: Phase;
-  attempt: number;
-  workerId: string | null;
-  step: number;
-  totalSteps: number | null;
-  epoch: number | null;
-  totalEpochs: number | null;
-  metrics: Record<string, number>;
-  validation: Record<string, number>;
-  etaMs: number | null;
-  stepsPerSec: number | null;
-  lastCheckpoint: ProgressReport['lastCheckpoint'];
-  checkpoints: number;
-  checkpointBytes: number;
-  gpuIds: string[];
-  gpu: ProgressReport['gpu'];
-  malformedEvents: number;
-  lastProgressAt: string | null;
-  pausedAt: string | null;
-  cancelReason: string | null;
-  line: string;
-  summary: JobSummary | null;
-}
 
 export interface JobStatus {
   jobId: string;

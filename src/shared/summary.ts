@@ -1,5 +1,8 @@
-/** What a job leaves behind: the train activity's result and the job summary. Workflow-safe. */
-import type { CheckpointRef, GpuTelemetry } from './progress';
+/**
+ * What a job reports about itself: the train activity's result, the job summary, and the `progress`
+ * query reply (which carries the summary once the job ended). Workflow-safe.
+ */
+import type { CheckpointRef, GpuTelemetry, Phase, ProgressReport } from './progress';
 
 export interface TrainResult {
   attempt: number;
@@ -45,4 +48,31 @@ export interface JobSummary {
     /** The final attempt's resume: the checkpoint step it started from and the first step it reported. */
     resume: { from_step: number; first_step: number | null } | null;
   };
+}
+
+export interface JobProgress {
+  jobId: string;
+  model: string;
+  phase: Phase;
+  attempt: number;
+  workerId: string | null;
+  step: number;
+  totalSteps: number | null;
+  epoch: number | null;
+  totalEpochs: number | null;
+  metrics: Record<string, number>;
+  validation: Record<string, number>;
+  etaMs: number | null;
+  stepsPerSec: number | null;
+  lastCheckpoint: ProgressReport['lastCheckpoint'];
+  checkpoints: number;
+  checkpointBytes: number;
+  gpuIds: string[];
+  gpu: ProgressReport['gpu'];
+  malformedEvents: number;
+  lastProgressAt: string | null;
+  pausedAt: string | null;
+  cancelReason: string | null;
+  line: string;
+  summary: JobSummary | null;
 }

@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import type { GpuTelemetry } from '../shared/progress';
 
-export function runNvidiaSmi(args: string[], timeoutMs = 5000): Promise<string | null> {
+function runNvidiaSmi(args: string[], timeoutMs = 5000): Promise<string | null> {
   return new Promise((resolve) => {
     execFile('nvidia-smi', args, { timeout: timeoutMs, encoding: 'utf8' }, (err, stdout) => resolve(err ? null : stdout));
   });
@@ -68,9 +68,5 @@ export class GpuLeases {
 
   release(owner: string): void {
     for (const [id, o] of this.held) if (o === owner) this.held.delete(id);
-  }
-
-  get busy(): number {
-    return new Set(this.held.values()).size;
   }
 }

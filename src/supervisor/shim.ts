@@ -14,6 +14,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { constants } from 'node:os';
+import { ExitCode } from './exitCodes';
 import { processStartTime } from './proc';
 
 function main(): void {
@@ -22,7 +23,7 @@ function main(): void {
   const argv = process.argv.slice(sep + 1);
   if (sep < 0 || !pidfile || !graceArg || argv.length === 0) {
     process.stderr.write('kiln shim: usage: shim <pidfile> <graceMs> -- <argv...>\n');
-    process.exit(70);
+    process.exit(ExitCode.shimUsage);
   }
   const graceMs = Number(graceArg);
   let child;
@@ -30,14 +31,14 @@ function main(): void {
     child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'inherit', 'inherit', 3], detached: true, env: process.env });
   } catch (err) {
     process.stderr.write(`kiln shim: cannot start trainer ${JSON.stringify(argv[0])}: ${String(err)}\n`);
-    process.exit(127);
+    process.exit(ExitCode.cannotStart);
   }
   child.stdin?.on('error', () => undefined);
   let spawnFailed = false;
   child.once('error', (err) => {
     spawnFailed = true;
     process.stderr.write(`kiln shim: cannot start trainer ${JSON.stringify(argv[0])}: ${err.message}\n`);
-    process.exit(127);
+    process.exit(ExitCode.cannotStart);
   });
   const pgid = child.pid!;
   if (pgid) {
@@ -87,7 +88,7 @@ function main(): void {
     } catch {
       /* the worker may have removed it */
     }
-    const status = code ?? 128 + (signal ? (constants.signals[signal] ?? 1) : 1);
+    const status = code ?? ExitCode.signalBase + (signal ? (constants.signals[signal] ?? 1) : 1);
     process.exit(status);
   });
 }

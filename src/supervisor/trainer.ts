@@ -1,35 +1,11 @@
 /**
- * Starts a trainer under the shim and turns its fd-3 event stream into typed events.
+ * Starts a trainer under the shim and turns its fd-3 event stream into typed events (protocol.ts).
  * Malformed lines are counted and logged, never fatal.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { z } from 'zod';
-
-export const MAX_EVENT_LINE = 64 * 1024;
-
-const metricsRecord = z.record(z.string(), z.unknown()).transform((m) => {
-  const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(m)) if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
-  return out;
-});
-const nonNegInt = z.number().int().min(0);
-
-export const TrainerEventSchema = z.discriminatedUnion('type', [
-  z.object({
-    type: z.literal('progress'),
-    step: nonNegInt,
-    total_steps: nonNegInt.nullish(),
-    epoch: z.number().min(0).nullish(),
-    total_epochs: z.number().min(0).nullish(),
-    metrics: metricsRecord.default({}),
-  }),
-  z.object({ type: z.literal('checkpoint'), step: nonNegInt, path: z.string().min(1).max(4096), metrics: metricsRecord.default({}) }),
-  z.object({ type: z.literal('metrics'), split: z.string().min(1).max(64), values: metricsRecord }),
-  z.object({ type: z.literal('artifact'), name: z.string().min(1).max(128), path: z.string().min(1).max(4096) }),
-]);
-export type TrainerEvent = z.infer<typeof TrainerEventSchema>;
+import { EVENTS_FD, ExitCode, MAX_EVENT_LINE, parseEventLine, type TrainerEvent } from './protocol';
 
 export interface TrainerHandle {
   readonly child: ChildProcess;
@@ -52,7 +28,7 @@ export interface StartOptions {
   onMalformed: (line: string, why: string) => void;
 }
 
-export const SHIM_PATH = path.join(__dirname, 'shim.js');
+const SHIM_PATH = path.join(__dirname, 'shim.js');
 
 export function startTrainer(o: StartOptions): TrainerHandle {
   fs.mkdirSync(path.dirname(o.pidfile), { recursive: true });
@@ -67,19 +43,12 @@ export function startTrainer(o: StartOptions): TrainerHandle {
 
   let buf = '';
   let dropping = false;
-  const events = child.stdio[3] as NodeJS.ReadableStream;
+  const events = child.stdio[EVENTS_FD] as NodeJS.ReadableStream;
   const handleLine = (line: string) => {
     if (!line.trim()) return;
-    let json: unknown;
-    try {
-      json = JSON.parse(line);
-    } catch {
-      o.onMalformed(line, 'not JSON');
-      return;
-    }
-    const r = TrainerEventSchema.safeParse(json);
-    if (!r.success) o.onMalformed(line, r.error.issues.map((i) => `${i.path.join('.') || 'event'}: ${i.message}`).join('; '));
-    else o.onEvent(r.data);
+    const r = parseEventLine(line);
+    if ('event' in r) o.onEvent(r.event);
+    else o.onMalformed(line, r.malformed);
   };
   events.setEncoding('utf8');
   events.on('data', (chunk: string) => {
@@ -108,9 +77,9 @@ export function startTrainer(o: StartOptions): TrainerHandle {
     child.once('exit', (code, signal) => {
       if (buf && !dropping) handleLine(buf);
       buf = '';
-      resolve(code ?? (signal ? 128 + 9 : 1));
+      resolve(code ?? (signal ? ExitCode.signalBase + 9 : 1));
     });
-    child.once('error', () => resolve(127));
+    child.once('error', () => resolve(ExitCode.cannotStart));
   });
 
   const kill = () => {

@@ -1,0 +1,108 @@
+/**
+ * The start of a train attempt, before any trainer runs: take the work dir over (the lease fence),
+ * kill a trainer an earlier attempt left on this host, pick the resume point, and lease GPUs.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Context, Info } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import type { KilnConfig } from '../../src/config/load';
+import type { Logger } from '../../src/logger';
+import { ErrorType } from '../../src/shared/errors';
+import type { CheckpointRef, TrainHeartbeat } from '../../src/shared/progress';
+import type { PreparedJob } from '../../src/shared/spec';
+import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
+import { artifactDir, checkpointDir, chooseResumePoint, generationOf, insideDir, WorkDirLease } from '../../src/supervisor/workdir';
+import type { GpuDeps } from '../deps';
+import { waitingHeartbeat } from './progress';
+
+export interface TrainInput {
+  prepared: PreparedJob;
+  /** Checkpoint to resume from after a pause (retries use heartbeat details instead). */
+  resumeFrom: CheckpointRef | null;
+  runId: string;
+}
+
+/** One attempt of a train activity, once it owns the work dir. */
+export interface TrainAttempt {
+  input: TrainInput;
+  p: PreparedJob;
+  jobId: string;
+  attempt: number;
+  workerId: string;
+  log: Logger;
+  /** When the attempt started (epoch ms). */
+  t0: number;
+  workDir: string;
+  trainer: NonNullable<KilnConfig['trainers'][string]>;
+  lease: WorkDirLease;
+  pidfile: string;
+  resumedFrom: CheckpointRef | null;
+  /** Announced checkpoints that still exist, oldest first. */
+  checkpoints: CheckpointRef[];
+}
+
+export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
+  const p = input.prepared;
+  const jobId = p.jobId;
+  const attempt = info.attempt;
+  const workerId = deps.workerId;
+  const log = deps.log.child({ jobId, model: p.spec.model, attempt, workerId });
+  const t0 = Date.now();
+  const workDir = p.workDir;
+  fs.mkdirSync(checkpointDir(workDir), { recursive: true });
+  fs.mkdirSync(artifactDir(workDir), { recursive: true });
+
+  const trainer = deps.config.trainers[p.spec.trainer];
+  if (!trainer) {
+    throw ApplicationFailure.nonRetryable(
+      `trainer "${p.spec.trainer}" is not defined in this worker's ${path.basename(deps.config.file)} (workers and control must share one config)`,
+      ErrorType.WorkerConfig,
+    );
+  }
+
+  // An attempt that is itself already older than the lease (a task handed to a frozen worker's pending
+  // poll, run after it thawed) starts nothing.
+  const gen = generationOf(info);
+  const prior = WorkDirLease.owner(workDir);
+  if (prior && prior.gen > gen) {
+    log.warn({ owner: prior.workerId, ownerAttempt: prior.attempt }, 'a newer attempt already owns this job; not starting a trainer');
+    throw ApplicationFailure.retryable(`attempt ${attempt} of ${jobId} is stale: attempt ${prior.attempt} on ${prior.workerId} already owns the job`, ErrorType.AttemptSuperseded);
+  }
+  const lease = WorkDirLease.take(workDir, { gen, attempt, workerId });
+
+  // One live trainer per job: a trainer of an earlier attempt still running on this host dies first
+  // (SIGTERM, SIGKILL after the grace period), before this attempt reads the manifest.
+  const pidfile = pidfileFor(deps.config.home, jobId);
+  const stale = readPidfile(pidfile);
+  if (stale) {
+    if (await killRecordedTrainer(stale, p.timeouts.cancelGraceMs)) log.warn({ trainerPid: stale.trainerPid }, 'killed a trainer left by an earlier attempt of this job');
+    fs.rmSync(pidfile, { force: true });
+  }
+
+  const heartbeat = (info.heartbeatDetails ?? null) as TrainHeartbeat | null;
+  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log });
+  const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, pidfile, resumedFrom, checkpoints: resume.checkpoints };
+}
+
+/** A fine-tune with no checkpoint of its own starts from the spec's base checkpoint. */
+function baseCheckpoint(config: KilnConfig, p: PreparedJob): CheckpointRef | null {
+  if (!p.spec.baseCheckpoint) return null;
+  if (insideDir(config.artifactsRoot, p.spec.baseCheckpoint) && fs.existsSync(p.spec.baseCheckpoint)) {
+    return { step: 0, path: p.spec.baseCheckpoint, metrics: {} };
+  }
+  throw ApplicationFailure.nonRetryable(`baseCheckpoint ${p.spec.baseCheckpoint} does not exist under artifacts.root`, ErrorType.InvalidJobSpec);
+}
+
+/** GPUs: distinct ids per concurrent attempt on this worker; waits (heartbeating) until enough are free. */
+export async function leaseGpus(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise<{ gpuIds: string[]; leaseOwner: string }> {
+  const leaseOwner = `${a.jobId}#${a.attempt}#${a.lease.token}`;
+  let gpuIds: string[] | null = deps.gpus.tryLease(leaseOwner, a.p.spec.gpus);
+  while (gpuIds === null) {
+    ctx.heartbeat(waitingHeartbeat(a));
+    await ctx.sleep(1000);
+    gpuIds = deps.gpus.tryLease(leaseOwner, a.p.spec.gpus);
+  }
+  return { gpuIds, leaseOwner };
+}

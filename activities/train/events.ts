@@ -1,0 +1,77 @@
+/**
+ * What a train attempt does with each trainer event: progress moves the step (and the stall clock),
+ * a checkpoint is verified, kept or pruned by retention and written to the manifest (fenced), metrics
+ * and artifacts are recorded. Every event is heartbeated.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { CheckpointRef } from '../../src/shared/progress';
+import type { TrainerEvent } from '../../src/supervisor/protocol';
+import { selectKept } from '../../src/supervisor/retention';
+import { insideDir, writeManifest } from '../../src/supervisor/workdir';
+import type { GpuDeps } from '../deps';
+import type { TrainAttempt } from './attempt';
+import type { ProgressChannel, TrainProgress } from './progress';
+
+const VALIDATION_SPLITS = new Set(['validation', 'val', 'eval']);
+
+export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: TrainProgress, channel: ProgressChannel): (e: TrainerEvent) => void {
+  const { log, workDir, jobId } = a;
+  // The pause checkpoint and the base checkpoint are what this attempt started from: never pruned.
+  const pinned = new Set<string>([...(a.input.resumeFrom ? [a.input.resumeFrom.path] : []), ...(a.p.spec.baseCheckpoint ? [a.p.spec.baseCheckpoint] : [])]);
+  const isPinned = (cp: string): boolean => pinned.has(cp) || deps.isPinned(cp);
+
+  const onCheckpoint = (e: Extract<TrainerEvent, { type: 'checkpoint' }>) => {
+    // Fenced: a superseded attempt must not rewrite the manifest or prune what the new owner resumes from.
+    if (a.lease.superseded()) {
+      log.warn({ step: e.step }, 'checkpoint from a superseded attempt ignored');
+      return;
+    }
+    const cp = path.resolve(workDir, e.path);
+    if (!insideDir(workDir, cp)) {
+      log.warn({ path: e.path }, 'trainer announced a checkpoint outside the job dir; ignored');
+      progress.malformed += 1;
+      return;
+    }
+    if (!fs.existsSync(cp)) {
+      log.warn({ path: cp }, 'trainer announced a checkpoint that does not exist; ignored');
+      return;
+    }
+    const ref: CheckpointRef = { step: e.step, path: cp, metrics: { ...progress.metrics, ...e.metrics } };
+    const all = [...progress.checkpoints.filter((c) => c.path !== cp), ref].sort((x, y) => x.step - y.step);
+    const { keep, drop } = selectKept(all, a.p.retention, isPinned);
+    for (const d of drop) {
+      fs.rmSync(d.path, { recursive: true, force: true });
+    }
+    progress.setCheckpoints(keep);
+    writeManifest(workDir, keep);
+    deps.metrics.checkpoints(jobId, keep.length, progress.checkpointBytes);
+    channel.heartbeat();
+    // Checkpoints are worth a signal (the workflow reports the last one), but not more than one a second.
+    if (channel.msSinceSignal() > 1000) void channel.signal();
+  };
+
+  return (e: TrainerEvent) => {
+    switch (e.type) {
+      case 'progress':
+        progress.onProgress(e);
+        deps.metrics.progress(jobId, progress.stepsPerSec());
+        channel.heartbeat();
+        if (progress.firstStep === e.step) void channel.signal();
+        break;
+      case 'checkpoint':
+        onCheckpoint(e);
+        break;
+      case 'metrics':
+        if (VALIDATION_SPLITS.has(e.split)) progress.validation = { ...progress.validation, ...e.values };
+        channel.heartbeat();
+        break;
+      case 'artifact': {
+        const ap = path.resolve(workDir, e.path);
+        if (!insideDir(workDir, ap)) log.warn({ path: e.path }, 'trainer announced an artifact outside the job dir; ignored');
+        else if (e.name === 'model') progress.modelPath = ap;
+        break;
+      }
+    }
+  };
+}

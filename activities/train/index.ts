@@ -1,0 +1,33 @@
+/**
+ * The `train` activity: runs one attempt of a training job on a GPU worker, supervising the trainer.
+ *
+ * - resumes from the newest verified checkpoint (heartbeat details, the job's manifest, or the pause
+ *   checkpoint), falling back to the previous one when the newest is missing (attempt.ts,
+ *   src/supervisor/workdir.ts);
+ * - heartbeats on every event and at least twice a second, so a dead worker is noticed by the
+ *   heartbeat timeout and a cancel arrives within about a second (progress.ts, supervise.ts);
+ * - kills a hung trainer (step not advancing for the stall timeout) and fails with TrainerStalled;
+ * - fences stale attempts: a newer attempt's lease file makes an old one kill its trainer and stop;
+ * - keeps the latest N + best K + pinned checkpoints (events.ts).
+ */
+import { Context } from '@temporalio/activity';
+import type { TrainResult } from '../../src/shared/summary';
+import type { GpuDeps } from '../deps';
+import { beginAttempt, leaseGpus, type TrainInput } from './attempt';
+import { ProgressChannel, TrainProgress } from './progress';
+import { superviseTrainer } from './supervise';
+
+export type { TrainInput } from './attempt';
+
+export function createTrain(deps: GpuDeps) {
+  return async function train(input: TrainInput): Promise<TrainResult> {
+    const ctx = Context.current();
+    const a = await beginAttempt(deps, ctx.info, input);
+    const { gpuIds, leaseOwner } = await leaseGpus(deps, ctx, a);
+    deps.metrics.jobStarted(a.p.spec.pool);
+    // Built after the GPU wait: the stall clock starts when the trainer can run.
+    const progress = new TrainProgress(a.attempt, a.workerId, a.resumedFrom, a.checkpoints, gpuIds);
+    const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log);
+    return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel });
+  };
+}

@@ -1,0 +1,153 @@
+/**
+ * The loop that supervises one trainer: start it under the shim with the KILN_* environment, heartbeat
+ * at least every tick, kill it when it stalls, when the attempt is cancelled or superseded, and turn how
+ * it ended into the activity's result or failure.
+ */
+import * as fs from 'node:fs';
+import type { Context } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { ErrorType } from '../../src/shared/errors';
+import type { TrainResult } from '../../src/shared/summary';
+import { readPidfile } from '../../src/supervisor/pidfiles';
+import { describeExit, ExitCode, logTail, trainerEnv } from '../../src/supervisor/protocol';
+import { startTrainer, type TrainerHandle } from '../../src/supervisor/trainer';
+import { attemptHeader, trainerLogFile } from '../../src/supervisor/workdir';
+import type { GpuDeps } from '../deps';
+import type { TrainAttempt } from './attempt';
+import { trainerEventHandler } from './events';
+import type { ProgressChannel, TrainProgress } from './progress';
+
+/** Heartbeat, stall and fence checks run this often; a cancel arrives within about a second. */
+const TICK_MS = 250;
+const GPU_SAMPLE_MS = 5000;
+/** Lines of trainer.log quoted in a failure. */
+const TAIL_LINES = 50;
+const TAIL_BYTES = 64 * 1024;
+
+type StopReason = 'cancel' | 'stall' | 'superseded';
+
+/** Why this attempt stopped its trainer, if it did; the first reason wins. */
+class TrainerStop {
+  reason: StopReason | null = null;
+  cancelErr: unknown = null;
+  constructor(
+    private readonly trainer: TrainerHandle,
+    private readonly a: TrainAttempt,
+  ) {}
+
+  request(why: StopReason): void {
+    if (this.reason) return;
+    this.reason = why;
+    this.a.log.info({ why }, 'stopping trainer');
+    void this.trainer.stop(this.a.p.timeouts.cancelGraceMs);
+  }
+}
+
+export interface TrainRun {
+  gpuIds: string[];
+  leaseOwner: string;
+  progress: TrainProgress;
+  channel: ProgressChannel;
+}
+
+export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAttempt, run: TrainRun): Promise<TrainResult> {
+  const { p, log, workDir, resumedFrom } = a;
+  const { progress } = run;
+  const logFile = trainerLogFile(workDir);
+  const env = trainerEnv({ mode: 'train', jobId: a.jobId, attempt: a.attempt, params: p.params, workDir, resumeFrom: resumedFrom?.path ?? '', gpuIds: run.gpuIds, trainerEnv: a.trainer.env });
+  fs.appendFileSync(logFile, attemptHeader({ attempt: a.attempt, workerId: a.workerId, resumedFrom, gpuIds: run.gpuIds }));
+  log.info({ resumeFrom: resumedFrom?.path ?? null, gpuIds: run.gpuIds }, 'starting trainer');
+
+  const trainer = startTrainer({
+    argv: deps.trainerArgv(a.trainer.command),
+    env,
+    cwd: workDir,
+    logFile,
+    pidfile: a.pidfile,
+    graceMs: p.timeouts.cancelGraceMs,
+    onEvent: trainerEventHandler(deps, a, progress, run.channel),
+    onMalformed: (line, why) => {
+      progress.malformed += 1;
+      if (progress.malformed <= 20 || progress.malformed % 1000 === 0) log.warn({ why, line: line.slice(0, 200), count: progress.malformed }, 'malformed trainer event ignored');
+    },
+  });
+  deps.onTrainerStarted?.(a.jobId, a.attempt);
+
+  const stop = new TrainerStop(trainer, a);
+  ctx.cancelled.catch((err) => {
+    stop.cancelErr = err;
+    deps.metrics.cancelled(p.spec.pool);
+    stop.request('cancel');
+  });
+  const ticker = setInterval(tick(deps, a, run, stop), TICK_MS);
+
+  let code: number;
+  try {
+    code = await trainer.exited;
+  } finally {
+    clearInterval(ticker);
+    deps.gpus.release(run.leaseOwner);
+    deps.metrics.jobEnded(p.spec.pool, a.jobId);
+    // The shim removes the pidfile when the trainer exits; make sure of it on every path, but never
+    // remove a newer attempt's record (it is how that attempt's trainer gets found and killed).
+    if (readPidfile(a.pidfile)?.shimPid === trainer.child.pid) fs.rmSync(a.pidfile, { force: true });
+  }
+  run.channel.heartbeat();
+  return outcome(a, run, stop, code, logTail(logFile, TAIL_LINES, TAIL_BYTES));
+}
+
+/** One tick: heartbeat, stall and fence checks, GPU telemetry, and a progress signal when one is due. */
+function tick(deps: GpuDeps, a: TrainAttempt, run: TrainRun, stop: TrainerStop): () => void {
+  const { p, log } = a;
+  const { progress, channel } = run;
+  let lastGpuSample = 0;
+  return () => {
+    channel.heartbeat();
+    const now = Date.now();
+    if (!stop.reason && now - progress.lastAdvance > p.timeouts.stallMs) {
+      log.warn({ stallMs: p.timeouts.stallMs, step: progress.step }, 'trainer stalled: step has not advanced');
+      deps.metrics.stalled(p.spec.pool);
+      stop.request('stall');
+    }
+    if (!stop.reason && a.lease.superseded()) {
+      log.warn('a newer attempt owns this job; stopping this attempt');
+      stop.request('superseded');
+    }
+    deps.metrics.sinceProgress(a.jobId, (now - progress.lastAdvance) / 1000);
+    if (now - lastGpuSample > GPU_SAMPLE_MS && run.gpuIds.length) {
+      lastGpuSample = now;
+      void deps.sampleGpus(run.gpuIds).then((g) => {
+        progress.gpu = g;
+      });
+    }
+    // Progress signals become history events: their interval grows with the attempt's age
+    // (5 s at first, ~3 min after 10 h), so a week-long run stays far below the history limit.
+    // Heartbeats (every tick) keep the fast, unbounded view for `kiln status`.
+    if (channel.msSinceSignal(now) > Math.max(p.progressIntervalMs, (now - a.t0) / 200)) void channel.signal();
+  };
+}
+
+/** How the trainer ended, as the activity's result or a classified failure. */
+async function outcome(a: TrainAttempt, run: TrainRun, stop: TrainerStop, code: number, tail: string): Promise<TrainResult> {
+  const { p, log, attempt, jobId } = a;
+  const { progress, channel } = run;
+  if (stop.reason === 'cancel') {
+    await channel.signal(true);
+    log.info({ code, lastCheckpoint: progress.lastCheckpoint()?.path ?? null }, 'trainer stopped after cancellation');
+    throw stop.cancelErr instanceof CancelledFailure ? stop.cancelErr : new CancelledFailure('cancelled');
+  }
+  if (stop.reason === 'stall') {
+    throw ApplicationFailure.retryable(`trainer made no progress for ${p.timeouts.stallMs} ms at step ${progress.step}; killed it`, ErrorType.TrainerStalled, { step: progress.step, logTail: tail });
+  }
+  if (stop.reason === 'superseded') {
+    throw ApplicationFailure.retryable(`attempt ${attempt} was superseded by a newer attempt of ${jobId}`, ErrorType.AttemptSuperseded);
+  }
+  if (code === ExitCode.invalidInput) {
+    throw ApplicationFailure.nonRetryable(`trainer rejected its params (exit 2):\n${tail}`, ErrorType.InvalidParams, { exitCode: code, logTail: tail });
+  }
+  if (code !== ExitCode.ok) {
+    throw ApplicationFailure.retryable(`trainer ${describeExit(code)} at step ${progress.step}:\n${tail}`, ErrorType.TrainerFailed, { exitCode: code, step: progress.step, logTail: tail });
+  }
+  await channel.signal(true);
+  return progress.result(Date.now() - a.t0);
+}
