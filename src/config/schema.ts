@@ -75,6 +75,8 @@ export const WorkersSchema = z.strictObject({
   pools: z.record(name, PoolSchema).default({ gpu: PoolSchema.parse({}) }),
   /** How often a running trainer's progress is signalled to its workflow (heartbeats are faster). */
   progressInterval: duration('progress interval').default(5000),
+  /** trainer.log is rotated past maxBytes; `keep` files in all (trainer.log, trainer.log.1, …). */
+  trainerLog: z.strictObject({ maxBytes: bytes('trainer log cap').default(64 * 2 ** 20), keep: z.number().int().min(1).max(100).default(2) }).prefault({}),
 });
 
 export const TrainerSchema = z.strictObject({
@@ -180,6 +182,56 @@ export const DatasetsSchema = z.strictObject({
   timeout: duration('dataset resolver timeout').default(600_000),
 });
 
+/** An S3 bucket name (3-63 characters: lower-case letters, digits, dots, dashes). */
+const BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+/** Empty (from an unset `${VAR:-}`) means "not given": the AWS default credential chain is used. */
+const secret = z.string().optional().transform((v) => (v ? v : undefined));
+
+/**
+ * Where checkpoints, models and logs live so any host can resume a job. `local`: a folder (one host,
+ * or a shared filesystem with atomic rename); `s3`: AWS S3 or an S3-compatible store.
+ */
+export const StorageSchema = z.discriminatedUnion('kind', [
+  z.strictObject({
+    kind: z.literal('local').default('local'),
+    path: z.string().default('').describe('empty: <state>/storage; relative to the config file'),
+  }),
+  z
+    .strictObject({
+      kind: z.literal('s3'),
+      bucket: z.string().regex(BUCKET_RE, { message: 'not a valid bucket name (3-63 characters: a-z, 0-9, ".", "-")' }),
+      prefix: z
+        .string()
+        .default('')
+        .transform((p) => p.replace(/^\/+|\/+$/g, ''))
+        .describe('key prefix inside the bucket, e.g. "kiln/prod"'),
+      /** S3-compatible endpoint (MinIO, Ceph RGW, R2, GCS interoperability); empty: AWS. */
+      endpoint: z
+        .string()
+        .regex(/^https?:\/\/[^\s/]+/, { message: 'an http(s):// URL, e.g. "https://minio.internal:9000"' })
+        .optional()
+        .or(z.literal('').transform(() => undefined)),
+      region: z.string().min(1).default('us-east-1'),
+      /** Path-style URLs (`endpoint/bucket/key`); most S3-compatible stores need it. */
+      forcePathStyle: z.boolean().default(false),
+      /** Use `${AWS_ACCESS_KEY_ID}` etc., never a literal; unset: the AWS default chain (env, profile, role). */
+      accessKeyId: secret,
+      secretAccessKey: secret,
+      sessionToken: secret,
+      /** Parallel uploads: files of a checkpoint, and parts of one large file. */
+      concurrency: z.number().int().min(1).max(64).default(4),
+      /** Multipart part size; files up to this size go in one PUT. S3 needs at least 5 MiB. */
+      partSize: bytes('part size')
+        .default(16 * 2 ** 20)
+        .refine((n) => n >= 5 * 2 ** 20 && n <= 5 * 2 ** 30, { message: 'partSize must be between 5MiB and 5GiB (S3 multipart limits)' }),
+    })
+    .superRefine((s, ctx) => {
+      if (!s.accessKeyId !== !s.secretAccessKey) {
+        ctx.addIssue({ code: 'custom', path: [s.accessKeyId ? 'secretAccessKey' : 'accessKeyId'], message: 'set both accessKeyId and secretAccessKey, or neither (the AWS default credential chain)' });
+      }
+    }),
+], { error: (iss) => (iss.code === 'invalid_union' ? 'kind must be "local" (the default) or "s3"' : undefined) });
+
 export const ModelSchema = z.strictObject({
   description: z.string().optional(),
   trainer: name,
@@ -210,6 +262,7 @@ export const ConfigSchema = z.strictObject({
   retention: RetentionSchema.prefault({}),
   timeouts: TimeoutsSchema.prefault({}),
   datasets: DatasetsSchema.prefault({}),
+  storage: StorageSchema.prefault({}),
   logging: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info') }).prefault({}),
 });
 
@@ -224,3 +277,4 @@ export type RetrainConfig = z.output<typeof RetrainSchema>;
 export type PoolConfig = z.output<typeof PoolSchema>;
 export type DatasetsConfig = z.output<typeof DatasetsSchema>;
 export type DatasetVersionConfig = z.output<typeof DatasetVersionSchema>;
+export type StorageConfig = z.output<typeof StorageSchema>;
