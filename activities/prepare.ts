@@ -1,17 +1,25 @@
 /**
  * `prepareJob` (control queue): resolves a job spec against temporal.yaml (src/config/spec.ts).
- * Unknown trainers and params that do not fit the trainer's schema fail here, non-retryably,
- * before any GPU is touched.
+ * Unknown models and trainers, params that do not fit the trainer's schema, timeouts below their
+ * minimums and datasets outside the allowed roots fail here, non-retryably, before any GPU is
+ * touched. The dataset's version is found here only when the caller did not bring it (RetrainModel
+ * does; a plain submit does not).
  */
 import * as fs from 'node:fs';
 import { prepareSpec } from '../src/config/spec';
 import type { JobSpec, PreparedJob } from '../src/shared/spec';
 import { checkpointDir, jobFile } from '../src/supervisor/workdir';
+import { checkDatasetLocation, datasetVersion } from './dataset';
 import type { CommonDeps } from './deps';
 
 export function createPrepareJob(deps: CommonDeps) {
   return async function prepareJob(spec: JobSpec, jobId: string): Promise<PreparedJob> {
-    const prepared = prepareSpec(deps.config, spec, jobId);
+    // Spec problems first: they need no I/O, and a bad spec must not start a dataset resolver.
+    prepareSpec(deps.config, spec, jobId, spec.datasetFingerprint ?? '');
+    let fingerprint = spec.datasetFingerprint;
+    if (fingerprint) await checkDatasetLocation(deps.config, spec.dataset);
+    else fingerprint = (await datasetVersion(deps.config, spec.dataset, spec.model)).fingerprint;
+    const prepared = prepareSpec(deps.config, spec, jobId, fingerprint);
     fs.mkdirSync(checkpointDir(prepared.workDir), { recursive: true });
     fs.writeFileSync(jobFile(prepared.workDir), JSON.stringify({ jobId, spec, params: prepared.params, datasetFingerprint: prepared.datasetFingerprint }, null, 2));
     return prepared;

@@ -1,18 +1,18 @@
 /**
- * `checkRetrainNeed` (control queue): fingerprints the model's dataset, reads production and the last
+ * `checkRetrainNeed` (control queue): finds the version of the model's dataset (its resolver), reads production and the last
  * training time from the registry, evaluates the need-checks and builds the TrainingJob spec from
  * temporal.yaml, so RetrainModel itself stays free of Node and config.
  */
 import { ApplicationFailure } from '@temporalio/common';
 import { ConfigError, ErrorType } from '../src/shared/errors';
 import { unknownName } from '../src/shared/names';
-import { datasetFingerprint } from '../src/datasets/fingerprint';
 import { staticSummary, type Trigger } from '../src/shared/spec';
 import { buildSpec, validateSpec } from '../src/config/spec';
-import { DEFAULT_NEED_POLICY, evaluateNeed, trainingIdFor, type NeedPolicy, type RetrainCheck, type RetrainInput } from '../src/shared/retrain';
+import { DEFAULT_NEED_POLICY, evaluateNeed, trainingIdFor, type NeedPolicy, type RetrainCheck, type RetrainRequest } from '../src/shared/retrain';
+import { datasetVersion } from './dataset';
 import type { CommonDeps } from './deps';
 
-export interface CheckRetrainInput extends RetrainInput {
+export interface CheckRetrainInput extends RetrainRequest {
   /** Nominal fire time of a scheduled run (TemporalScheduledStartTime), epoch ms. */
   scheduledAtMs?: number | null;
   /** When the RetrainModel run started, epoch ms. */
@@ -46,7 +46,9 @@ export function createRetrainActivities(deps: CommonDeps) {
         if (lag > (r?.catchupWindow ?? 60_000) + (r?.jitter ?? 0) + BACKFILL_SLACK_MS) trigger = 'backfill';
       }
 
-      const fingerprint = datasetFingerprint(m.dataset, config.baseDir);
+      // Once per decision: the child TrainingJob gets this fingerprint and does not resolve it again.
+      const version = await datasetVersion(config, m.dataset, input.model);
+      const fingerprint = version.fingerprint;
       const reg = deps.registry();
       const prod = reg.production(input.model);
       const decision = evaluateNeed(
@@ -73,6 +75,7 @@ export function createRetrainActivities(deps: CommonDeps) {
       return {
         ...decision,
         fingerprint,
+        dataset: { resolver: version.resolver, detail: version.detail },
         childId,
         spec,
         staticSummary: staticSummary(spec),

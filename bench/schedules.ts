@@ -17,12 +17,13 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { RetrainResult } from '../src/shared/retrain';
 import { scheduleId, trainingIdFor } from '../src/shared/retrain';
-import { startRetrain, syncSchedules, triggerSchedule } from '../src/client/schedules';
-import { datasetFingerprint } from '../src/datasets/fingerprint';
-import { defaultConfigYaml, jobDir, startKilnEnv, waitFor, type KilnTestEnv } from '../test/helpers/kiln';
-import { writeSection } from './report';
+import { syncSchedules, triggerSchedule } from '../src/client/schedules';
+import { startRetrain } from '../src/client/retrain';
+import { resolveDatasetVersion } from '../src/datasets';
+import { defaultConfigYaml, jobDir, REPO, startKilnEnv, waitFor, type KilnTestEnv } from '../test/helpers/kiln';
+import { ms, writeSection } from './report';
+import { loadavg as load, p50, stats, type Stats } from './stats';
 
-const REPO = path.resolve(__dirname, '..', '..');
 const SECTION = '## Schedules (issue 4)';
 const EVERY_S = 3;
 
@@ -39,24 +40,6 @@ const CONFIG = defaultConfigYaml({
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const load = () => os.loadavg().map((x) => x.toFixed(2)).join(' ');
-
-interface Stats {
-  n: number;
-  median: number;
-  p95: number;
-  min: number;
-  max: number;
-}
-
-function stats(xs: number[]): Stats {
-  const s = [...xs].sort((a, b) => a - b);
-  // Nearest rank: with 10 samples p95 is the largest one.
-  const q = (p: number) => s[Math.min(s.length - 1, Math.ceil(p * s.length) - 1)]!;
-  return { n: s.length, median: q(0.5), p95: q(0.95), min: s[0]!, max: s[s.length - 1]! };
-}
-
-const ms = (x: number) => `${Math.round(x)} ms`;
 
 /** Start time of attempt 1 from the trainer.log header. */
 function trainerStartedAt(env: KilnTestEnv, jobId: string): number | null {
@@ -70,10 +53,10 @@ function trainerStartedAt(env: KilnTestEnv, jobId: string): number | null {
   return m ? Date.parse(m[1]!) : null;
 }
 
-function writeData(env: KilnTestEnv, text: string): string {
+function writeData(env: KilnTestEnv, text: string): Promise<string> {
   fs.mkdirSync(path.join(env.home, 'data'), { recursive: true });
   fs.writeFileSync(path.join(env.home, 'data', 'bench.txt'), text);
-  return datasetFingerprint('data/bench.txt', env.config.baseDir);
+  return resolveDatasetVersion(env.config, 'data/bench.txt').then((v) => v.fingerprint);
 }
 
 interface FireSample {
@@ -92,7 +75,7 @@ async function benchFires(env: KilnTestEnv, fires: number, warmup: number): Prom
   const seen = new Set<string>();
   const out: FireSample[] = [];
   let version = 1;
-  writeData(env, `bench v${version}\n`);
+  await writeData(env, `bench v${version}\n`);
   await sched.unpause('bench: fires');
   const deadline = Date.now() + fires * 30_000 + 60_000;
   let warm = 0;
@@ -116,7 +99,7 @@ async function benchFires(env: KilnTestEnv, fires: number, warmup: number): Prom
         warm += 1;
         console.error(`  warm-up fire ${id} (not a sample): workflow start → trainer ${ms(trainerStart - wf.startTime.getTime())}`);
         version += 1;
-        writeData(env, `bench v${version}\n`);
+        await writeData(env, `bench v${version}\n`);
         continue;
       }
       const s: FireSample = {
@@ -133,7 +116,7 @@ async function benchFires(env: KilnTestEnv, fires: number, warmup: number): Prom
         `  fire ${out.length}/${fires} ${id}: workflow start → trainer ${ms(s.trainerStart - s.workflowStart)}, nominal fire → trainer ${ms(s.trainerStart - s.scheduledAt)}`,
       );
       version += 1;
-      writeData(env, `bench v${version}\n`);
+      await writeData(env, `bench v${version}\n`);
     }
     await sleep(200);
   }
@@ -172,7 +155,7 @@ async function settledCount(env: KilnTestEnv, query: string): Promise<number> {
 }
 
 async function benchStorm(env: KilnTestEnv, round: number, size: number): Promise<StormSample> {
-  const fp = writeData(env, `bench storm ${round} ${Date.now()}\n`);
+  const fp = await writeData(env, `bench storm ${round} ${Date.now()}\n`);
   const childId = trainingIdFor('bench', fp);
   const manual = Math.ceil(size / 2);
   const scheduleTriggers = size - manual;
@@ -223,7 +206,7 @@ async function main(): Promise<void> {
   try {
     await env.startControlWorker();
     await env.startGpuWorker({ pool: 'gpu', slots: 2 });
-    writeData(env, 'bench v0\n');
+    await writeData(env, 'bench v0\n');
     await syncSchedules(env.client, env.config, { taskQueue: env.controlQueue });
     await env.client.schedule.getHandle(scheduleId('bench')).pause('bench: setup');
     console.error(`fires: @every ${EVERY_S}s, ${warmup} warm-up + ${fires} fires that train`);
@@ -236,7 +219,7 @@ async function main(): Promise<void> {
   }
 
   const row = (name: string, xs: number[], target: string, ok: (s: Stats) => boolean | null) => {
-    const s = stats(xs);
+    const s = stats(xs, p50);
     const verdict = ok(s);
     return `| ${name} | ${s.n} | ${ms(s.median)} | ${ms(s.p95)} | ${ms(s.min)} | ${ms(s.max)} | ${target} | ${verdict === null ? '–' : verdict ? 'met' : '**not met**'} |`;
   };

@@ -18,9 +18,19 @@ export const CONTROL_RETRY: RetryPolicy = { maximumAttempts: 10, initialInterval
 /**
  * No taskQueue: control activities run on the workflow's own queue (kiln-control in production, a
  * unique queue per test). executeWithOptions replaces a proxy's options, so each call passes all of them.
+ * Registry writes and client calls take milliseconds: a control worker that died mid-call is retried
+ * after 30 s, not minutes.
  */
-export function controlOptions(startToCloseTimeout: Duration = '2m'): ActivityOptions {
+export function controlOptions(startToCloseTimeout: Duration = '30s'): ActivityOptions {
   return { startToCloseTimeout, retry: CONTROL_RETRY, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED };
+}
+
+/**
+ * Control activities that find a dataset's version (prepareJob, checkRetrainNeed): a content hash may
+ * take minutes, so they heartbeat every 2 s and a dead control worker is noticed in 10 s.
+ */
+export function datasetOptions(): ActivityOptions {
+  return { ...controlOptions('1h'), heartbeatTimeout: '10s' };
 }
 
 /**

@@ -1,26 +1,67 @@
 /**
  * What a TrainingJob knows about itself: phase, the latest progress report, checkpoints, pause,
- * approval and cancellation requests, the summary. Its signal and query handlers read and write it;
- * the phase is mirrored to the KilnPhase search attribute and the Current Details line.
+ * approval and cancellation requests, the summary. Its signal, update and query handlers read and
+ * write it; the phase is mirrored to the KilnPhase search attribute and the Current Details line.
+ *
+ * Every message is untrusted (the Temporal CLI and Web UI can send anything): each handler parses its
+ * payload and judges it with the one rule in src/shared/control.ts. A refused Update is rejected by
+ * its validator before anything is recorded; a refused or malformed Signal is logged, counted
+ * (`ignoredMessages` in the progress query, `kiln status`) and dropped. No handler throws.
  * Not a workflow: workflows/index.ts does not export it.
  */
-import { type ActivityInterfaceFor, CancellationScope, setCurrentDetails, setHandler, upsertMemo, upsertSearchAttributes } from '@temporalio/workflow';
-import { approveSignal, cancelSignal, pauseSignal, progressQuery, rejectSignal, reportSignal, resumeSignal, statusQuery, type ApprovalInput } from '../src/shared/messages';
+import type { SignalDefinition, UpdateDefinition } from '@temporalio/common';
+import { type ActivityInterfaceFor, CancellationScope, log, setCurrentDetails, setDefaultSignalHandler, setHandler, upsertMemo, upsertSearchAttributes } from '@temporalio/workflow';
+import {
+  approveSignal,
+  approveUpdate,
+  cancelSignal,
+  cancelUpdate,
+  pauseSignal,
+  pauseUpdate,
+  progressQuery,
+  rejectSignal,
+  rejectUpdate,
+  reportSignal,
+  resumeSignal,
+  resumeUpdate,
+  statusQuery,
+} from '../src/shared/messages';
+import {
+  ApprovalInputSchema,
+  CancelInputSchema,
+  controlRefusal,
+  parseControlInput,
+  PauseInputSchema,
+  type ControlAction,
+  type ControlResult,
+  type ControlState,
+} from '../src/shared/control';
 import { formatDuration } from '../src/shared/duration';
-import { progressLine, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
+import { formatIssues } from '../src/shared/params';
+import { progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
 import type { JobProgress, JobSummary, TrainResult } from '../src/shared/summary';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 import type { ControlActivities } from './activityOptions';
 
 export type Approval = { approved: boolean; by: string; note: string };
+type Effect = Pick<ControlResult, 'phase' | 'message'>;
+type Parsed<V> = { ok: true; value: V } | { ok: false; error: string };
 export type Registered = JobSummary['registry'];
 
 export class JobState {
   phase: Phase = 'queued';
   latest: ProgressReport | null = null;
   cancelReason: string | null = null;
-  pauseRequested = false;
-  resumeRequested = false;
+  /** Desired state: paused from an accepted pause until an accepted resume, whatever their timing. */
+  paused = false;
+  /** The train attempt cancelled by a pause (so its cancellation is not the job's). */
+  pauseScope: CancellationScope | undefined;
+  /** Accepted control actions so far; an Update's answer carries its number. */
+  controlSeq = 0;
+  /** The running train activity's report token; reports without it are dropped. */
+  reportToken: string | null = null;
+  ignoredMessages = 0;
+  lastIgnored: string | null = null;
   pausedAt: string | null = null;
   approval: Approval | null = null;
   summary: JobSummary | null = null;
@@ -70,7 +111,7 @@ export class JobState {
     this.setPhase(s.outcome);
   }
 
-  /** Registers every signal and query handler; call before the workflow's first await. */
+  /** Registers every signal, update and query handler; call before the workflow's first await. */
   listen(control: ActivityInterfaceFor<ControlActivities>): void {
     setHandler(progressQuery, () => this.progress());
     setHandler(statusQuery, () => ({
@@ -82,32 +123,106 @@ export class JobState {
       loss: typeof this.latest?.metrics.loss === 'number' ? this.latest.metrics.loss : null,
       line: this.line(),
     }));
-    setHandler(reportSignal, (r) => this.report(r));
-    setHandler(cancelSignal, async (arg) => {
-      if (this.summary || this.cancelReason !== null) return;
-      this.cancelReason = arg?.reason?.trim() || 'cancelled by signal';
-      // Turn the signal into a real cancellation request, so both paths end the same way: the run
-      // closes as Canceled in the UI and visibility, after the trainer is really gone. The server
-      // refuses a workflow's request to cancel itself, so a control activity asks as a client.
-      await control.requestCancellation({ workflowId: this.jobId, runId: this.runId, reason: this.cancelReason });
+    setHandler(reportSignal, (raw: unknown) => this.report(raw));
+    this.control('cancel', cancelSignal, cancelUpdate, (raw) => parseControlInput(CancelInputSchema, raw, 'cancel'), async (v, via) => {
+      const reason = v.reason || `cancelled by ${via}`;
+      this.cancelReason = reason;
+      // Turn the request into a real cancellation, so every path ends the same way: the run closes as
+      // Canceled in the UI and visibility, after the trainer is really gone. The server refuses a
+      // workflow's request to cancel itself, so a control activity asks as a client. Non-cancellable:
+      // the cancellation it causes must not abort the call that asked for it.
+      await CancellationScope.nonCancellable(() => control.requestCancellation({ workflowId: this.jobId, runId: this.runId, reason }));
+      return { phase: 'cancelled', message: `cancelling: ${reason} (the trainer checkpoints and stops)` };
     });
-    setHandler(pauseSignal, () => {
-      if (this.phase !== 'training' || !this.trainScope) return;
-      this.pauseRequested = true;
-      this.trainScope.cancel();
+    this.control('pause', pauseSignal, pauseUpdate, (raw) => parseControlInput(PauseInputSchema, raw, 'pause'), () => {
+      this.paused = true;
+      if (this.trainScope) {
+        this.pauseScope = this.trainScope;
+        this.trainScope.cancel();
+      }
+      return { phase: 'paused', message: 'pausing: the trainer checkpoints and frees its GPU; resume with resume' };
     });
-    setHandler(resumeSignal, () => {
-      this.resumeRequested = true;
+    this.control('resume', resumeSignal, resumeUpdate, (raw) => parseControlInput(PauseInputSchema, raw, 'resume'), () => {
+      this.paused = false;
+      return { phase: 'training', message: `resuming from step ${this.lastCheckpoint?.step ?? 0}` };
     });
-    setHandler(approveSignal, (a?: ApprovalInput) => {
-      this.approval ??= { approved: true, by: a?.by ?? 'unknown', note: a?.note ?? '' };
+    for (const [action, signal, update] of [
+      ['approve', approveSignal, approveUpdate],
+      ['reject', rejectSignal, rejectUpdate],
+    ] as const) {
+      this.control(action, signal, update, (raw) => parseControlInput(ApprovalInputSchema, raw, action), (v) => {
+        this.approval = { approved: action === 'approve', by: v.by || 'unknown', note: v.note ?? '' };
+        return { phase: 'registering', message: `${action === 'approve' ? 'approved' : 'rejected'} by ${this.approval.by}${this.approval.note ? `: ${this.approval.note}` : ''}` };
+      });
+    }
+    setDefaultSignalHandler((name) => this.ignore(`signal "${name}": no such signal (known: cancel, pause, resume, approve, reject)`));
+  }
+
+  controlState(): ControlState {
+    const a = this.approval;
+    return {
+      phase: this.phase,
+      paused: this.paused,
+      cancelRequested: this.cancelReason,
+      approvalPending: this.phase === 'awaiting-approval',
+      approvalDecided: a ? `${a.approved ? 'approved' : 'rejected'} by ${a.by}` : null,
+    };
+  }
+
+  /**
+   * One implementation per action, behind a Signal (which cannot answer: a refusal is logged and
+   * dropped) and an Update of the same name (whose validator refuses before anything is recorded).
+   */
+  private control<I, V>(
+    action: ControlAction,
+    signal: SignalDefinition<[I?]>,
+    update: UpdateDefinition<ControlResult, [I?]>,
+    parse: (raw: unknown) => Parsed<V>,
+    apply: (v: V, via: 'signal' | 'update') => Effect | Promise<Effect>,
+  ): void {
+    const judge = (raw: unknown): Parsed<V> => {
+      const p = parse(raw);
+      if (!p.ok) return p;
+      const refusal = controlRefusal(action, this.controlState());
+      return refusal ? { ok: false, error: `${action} refused: ${refusal}` } : p;
+    };
+    const run = async (v: V, via: 'signal' | 'update'): Promise<ControlResult> => {
+      const seq = ++this.controlSeq;
+      const e = await apply(v, via);
+      log.info(`${this.jobId}: ${action} accepted (${via}, #${seq}): ${e.message}`);
+      return { action, accepted: true, seq, ...e };
+    };
+    setHandler(signal, async (raw?: I) => {
+      const p = judge(raw);
+      if (!p.ok) return this.ignore(`${action} signal: ${p.error}`);
+      await run(p.value, 'signal').catch((err: unknown) => this.ignore(`${action} signal failed: ${String(err)}`));
     });
-    setHandler(rejectSignal, (a?: ApprovalInput) => {
-      this.approval ??= { approved: false, by: a?.by ?? 'unknown', note: a?.note ?? '' };
+    setHandler(update, (raw?: I) => {
+      const p = judge(raw);
+      // The validator already refused anything judge() refuses; this only narrows the type.
+      if (!p.ok) throw new Error(p.error);
+      return run(p.value, 'update');
+    }, {
+      validator: (raw?: I) => {
+        const p = judge(raw);
+        if (!p.ok) throw new Error(p.error);
+      },
     });
   }
 
-  private report(r: ProgressReport): void {
+  /** A message that changes nothing: logged and counted, never thrown out of a handler. */
+  private ignore(why: string): void {
+    this.ignoredMessages += 1;
+    this.lastIgnored = why.slice(0, 500);
+    log.warn(`${this.jobId}: ignored ${this.lastIgnored}`);
+  }
+
+  private report(raw: unknown): void {
+    const parsed = ProgressReportSchema.safeParse(raw);
+    if (!parsed.success) return this.ignore(`kiln.report: not a progress report (${formatIssues('report', parsed.error).slice(0, 3).join('; ')})`);
+    const r = parsed.data;
+    // Only the running attempt holds the token; a forged report or one from a superseded attempt has not.
+    if (this.reportToken === null || r.token !== this.reportToken) return this.ignore('kiln.report: not from the running train attempt (wrong or missing token)');
     // Reports from an attempt the workflow no longer waits for (a late signal) must not move progress back.
     if (this.latest && r.attempt < this.latest.attempt) return;
     this.latest = r;
@@ -143,6 +258,8 @@ export class JobState {
       lastProgressAt: latest?.lastProgressAt ?? null,
       pausedAt: this.pausedAt,
       cancelReason: this.cancelReason,
+      ignoredMessages: this.ignoredMessages,
+      lastIgnored: this.lastIgnored,
       line: this.line(),
       summary: this.summary,
     };

@@ -11,6 +11,8 @@ import {
   ParentClosePolicy,
   proxyActivities,
   setCurrentDetails,
+  log,
+  setDefaultSignalHandler,
   setHandler,
   startChild,
   upsertSearchAttributes,
@@ -20,9 +22,10 @@ import {
 import { defineSearchAttributeKey, SearchAttributeType, WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import { ErrorType } from '../src/shared/errors';
 import type { JobSummary } from '../src/shared/summary';
-import { retrainStateQuery, type RetrainInput, type RetrainResult, type RetrainState } from '../src/shared/retrain';
+import { formatIssues } from '../src/shared/params';
+import { RetrainInputSchema, retrainStateQuery, type RetrainInput, type RetrainResult, type RetrainState } from '../src/shared/retrain';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
-import { type ControlActivities, controlOptions } from './activityOptions';
+import { type ControlActivities, controlOptions, datasetOptions } from './activityOptions';
 import type { TrainingJob } from './trainingJob';
 
 const control = proxyActivities<ControlActivities>(controlOptions());
@@ -30,18 +33,25 @@ const control = proxyActivities<ControlActivities>(controlOptions());
 /** Set by the scheduler on the runs it starts: the nominal fire time. */
 const TemporalScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);
 
-export async function RetrainModel(input: RetrainInput): Promise<RetrainResult> {
+export async function RetrainModel(raw: RetrainInput): Promise<RetrainResult> {
   const info = workflowInfo();
+  const parsed = RetrainInputSchema.safeParse(raw);
+  if (!parsed.success) {
+    throw ApplicationFailure.nonRetryable(`invalid RetrainModel input:\n${formatIssues('input', parsed.error).join('\n')}`, ErrorType.InvalidJobSpec);
+  }
+  const input = parsed.data;
   const force = input.force ?? false;
   const state: RetrainState = { phase: 'checking', outcome: null, reason: null, fingerprint: null, childId: null };
   setHandler(retrainStateQuery, () => state);
+  // RetrainModel takes no signals: anything sent is logged and dropped, never buffered or thrown.
+  setDefaultSignalHandler((name) => log.warn(`${info.workflowId}: ignored signal "${name}": RetrainModel takes no signals`));
   // Whatever started this run (schedule, CLI, `temporal workflow start`), it is findable by model and trigger.
   upsertSearchAttributes(kilnSearchAttributes({ model: input.model, trigger: input.trigger }));
   setCurrentDetails(`checking whether ${input.model} needs training (${input.trigger}${force ? ', forced' : ''})`);
 
   const scheduledAt = info.typedSearchAttributes.get(TemporalScheduledStartTime) as Date | undefined;
   const check = await control.checkRetrainNeed.executeWithOptions(
-    { ...controlOptions(), summary: `need-check ${input.model}` },
+    { ...datasetOptions(), summary: `need-check ${input.model}` },
     [{ ...input, scheduledAtMs: scheduledAt ? scheduledAt.getTime() : null, startedAtMs: info.startTime.getTime() }],
   );
   if (check.trigger !== input.trigger) upsertSearchAttributes(kilnSearchAttributes({ trigger: check.trigger }));

@@ -16,6 +16,7 @@ import {
   condition,
   isCancellation,
   proxyActivities,
+  uuid4,
   workflowInfo,
   type WorkflowInfo,
 } from '@temporalio/workflow';
@@ -25,7 +26,7 @@ import { JobSpecSchema, type JobSpec, type JobSpecInput, type PreparedJob } from
 import { type CheckpointRef } from '../src/shared/progress';
 import { type JobSummary, type TrainResult } from '../src/shared/summary';
 import { formatIssues } from '../src/shared/params';
-import { type Activities, controlOptions, evaluateOptions, trainOptions } from './activityOptions';
+import { type Activities, controlOptions, datasetOptions, evaluateOptions, trainOptions } from './activityOptions';
 import { awaitApproval } from './approval';
 import { JobState } from './jobState';
 
@@ -46,7 +47,7 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
   let prepared: PreparedJob | null = null;
   try {
     job.setPhase('preparing');
-    prepared = await control.prepareJob(spec, info.workflowId);
+    prepared = await control.prepareJob.executeWithOptions({ ...datasetOptions(), summary: `prepare ${spec.model}` }, [spec, info.workflowId]);
     const s = await trainEvaluateRegister(job, spec, prepared, info);
     job.finish(s);
     return s;
@@ -70,8 +71,7 @@ async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJo
   job.validation = { ...job.validation, ...evalResult.metrics };
 
   job.setPhase('registering');
-  // Registry writes take milliseconds: a control worker that died mid-call is retried after 30 s.
-  const reg = await control.registerVersion.executeWithOptions({ ...controlOptions('30s'), summary: `register ${spec.model}` }, [
+  const reg = await control.registerVersion.executeWithOptions({ ...controlOptions(), summary: `register ${spec.model}` }, [
     { prepared: p, train, validation: job.validation, runId: job.runId },
   ]);
   job.registered = { version: reg.version, stage: reg.stage, complete: reg.complete, missing_metrics: reg.missingMetrics, decision: reg.decision };
@@ -80,20 +80,32 @@ async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJo
 }
 
 /**
- * Training, with pause/resume: a pause cancels the attempt (the trainer checkpoints on SIGTERM and the
- * slot is freed), and a resume starts a new activity from that checkpoint.
+ * Training, with pause/resume as desired state: a pause cancels the running attempt (the trainer
+ * checkpoints on SIGTERM and the slot is freed); while the job is paused it waits; once it is not,
+ * a new activity starts from the pause checkpoint. Whatever the interleaving of pause and resume,
+ * the job ends up in the state of the last accepted one.
  */
 async function trainWithPauses(job: JobState, gpu: Proxy, spec: JobSpec, p: PreparedJob): Promise<TrainResult> {
   let resumeFrom: CheckpointRef | null = null;
   for (;;) {
+    if (job.paused) {
+      job.pausedAt = new Date().toISOString();
+      job.setPhase('paused');
+      await condition(() => !job.paused);
+      job.pausedAt = null;
+      job.setPhase('training');
+    }
     const scope = new CancellationScope();
     job.trainScope = scope;
     job.attempts += 1;
+    // A new token per train activity: reports from an earlier (paused, superseded) one are dropped.
+    const token = uuid4();
+    job.reportToken = token;
     try {
       const from = resumeFrom;
       const train = await scope.run(() =>
         gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer})${from ? ` from step ${from.step}` : ''}` }, [
-          { prepared: p, resumeFrom: from, runId: job.runId },
+          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token },
         ]),
       );
       job.attempts += train.attempt - 1;
@@ -102,16 +114,12 @@ async function trainWithPauses(job: JobState, gpu: Proxy, spec: JobSpec, p: Prep
       job.trainScope = undefined;
       return train;
     } catch (err) {
-      if (!(job.pauseRequested && isCancellation(err) && !CancellationScope.current().consideredCancelled)) throw err;
-      job.pauseRequested = false;
-      job.resumeRequested = false;
-      job.pausedAt = new Date().toISOString();
+      job.trainScope = undefined;
+      const pausedThis = job.pauseScope === scope;
+      job.pauseScope = undefined;
+      if (!(pausedThis && isCancellation(err) && !CancellationScope.current().consideredCancelled)) throw err;
       resumeFrom = job.lastCheckpoint;
       if (resumeFrom) job.resumedFromSteps.push(resumeFrom.step);
-      job.setPhase('paused');
-      await condition(() => job.resumeRequested);
-      job.pausedAt = null;
-      job.setPhase('training');
     }
   }
 }

@@ -12,8 +12,9 @@ import { ErrorType } from '../../src/shared/errors';
 import type { CheckpointRef, TrainHeartbeat } from '../../src/shared/progress';
 import type { PreparedJob } from '../../src/shared/spec';
 import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
-import { artifactDir, checkpointDir, chooseResumePoint, generationOf, insideDir, WorkDirLease } from '../../src/supervisor/workdir';
+import { artifactDir, checkpointDir, chooseResumePoint, dropJournals, generationOf, insideDir, journalDir, journalFile, WorkDirLease, writeManifest } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
+import { jobIoFailure } from './ioError';
 import { waitingHeartbeat } from './progress';
 
 export interface TrainInput {
@@ -21,6 +22,8 @@ export interface TrainInput {
   /** Checkpoint to resume from after a pause (retries use heartbeat details instead). */
   resumeFrom: CheckpointRef | null;
   runId: string;
+  /** Issued by the workflow for this activity; its progress reports must carry it. */
+  reportToken?: string;
 }
 
 /** One attempt of a train activity, once it owns the work dir. */
@@ -36,13 +39,25 @@ export interface TrainAttempt {
   workDir: string;
   trainer: NonNullable<KilnConfig['trainers'][string]>;
   lease: WorkDirLease;
+  /** This attempt's generation (lease) and the journal its shim writes. */
+  gen: number;
+  journal: string;
   pidfile: string;
   resumedFrom: CheckpointRef | null;
   /** Announced checkpoints that still exist, oldest first. */
   checkpoints: CheckpointRef[];
 }
 
+/** Starts the attempt; a disk error on the job's files fails only this attempt (JobIoError). */
 export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
+  try {
+    return await takeOver(deps, info, input);
+  } catch (err) {
+    throw jobIoFailure(input.prepared.jobId, err);
+  }
+}
+
+async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
   const p = input.prepared;
   const jobId = p.jobId;
   const attempt = info.attempt;
@@ -52,6 +67,7 @@ export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput)
   const workDir = p.workDir;
   fs.mkdirSync(checkpointDir(workDir), { recursive: true });
   fs.mkdirSync(artifactDir(workDir), { recursive: true });
+  fs.mkdirSync(journalDir(workDir), { recursive: true });
 
   const trainer = deps.config.trainers[p.spec.trainer];
   if (!trainer) {
@@ -81,9 +97,16 @@ export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput)
   }
 
   const heartbeat = (info.heartbeatDetails ?? null) as TrainHeartbeat | null;
-  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log });
+  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log, gen });
+  if (resume.adopted.length) {
+    // Announced to a shim after its worker died: verified like any checkpoint, now in the manifest.
+    log.info({ adopted: resume.adopted.map((c) => ({ step: c.step, path: c.path })) }, 'adopted checkpoints an earlier attempt announced after its worker was gone');
+    writeManifest(workDir, resume.checkpoints);
+  }
+  dropJournals(workDir, gen);
   const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
-  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, pidfile, resumedFrom, checkpoints: resume.checkpoints };
+  const journal = journalFile(workDir, gen, attempt);
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints: resume.checkpoints };
 }
 
 /** A fine-tune with no checkpoint of its own starts from the spec's base checkpoint. */

@@ -27,7 +27,7 @@ export function createTrain(deps: GpuDeps) {
     deps.metrics.jobStarted(a.p.spec.pool);
     // Built after the GPU wait: the stall clock starts when the trainer can run.
     const progress = new TrainProgress(a.attempt, a.workerId, a.resumedFrom, a.checkpoints, gpuIds);
-    const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log);
+    const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log, input.reportToken);
     return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel });
   };
 }

@@ -154,6 +154,8 @@ export class ProgressChannel {
     private readonly workflow: WorkflowHandle,
     private readonly progress: TrainProgress,
     private readonly log: Logger,
+    /** The token the workflow issued to this attempt; a report without it is dropped there. */
+    private readonly token?: string,
   ) {}
 
   heartbeat(): void {
@@ -164,7 +166,7 @@ export class ProgressChannel {
   async signal(final = false): Promise<void> {
     this.lastSignal = Date.now();
     try {
-      await this.workflow.signal(reportSignal, this.progress.report(final));
+      await this.workflow.signal(reportSignal, { ...this.progress.report(final), token: this.token });
     } catch (err) {
       this.log.debug({ err: String(err) }, 'progress signal not delivered');
     }

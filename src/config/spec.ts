@@ -9,7 +9,6 @@
  */
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
-import { datasetFingerprint } from '../datasets/fingerprint';
 import { ConfigError, ErrorType } from '../shared/errors';
 import { unknownName } from '../shared/names';
 import { compileParamsSchema, formatIssues } from '../shared/params';
@@ -120,9 +119,9 @@ function promotionOf(config: KilnConfig, model: string): PreparedJob['promotion'
 
 /**
  * Resolves a spec against the config: trainer defaults filled in, timeouts and retention merged
- * (config < model < spec). Bad input throws a non-retryable `InvalidJobSpec` naming every problem.
+ * (config < model < spec), with the dataset version the caller found (src/datasets). Bad input throws a non-retryable `InvalidJobSpec` naming every problem.
  */
-export function prepareSpec(config: KilnConfig, spec: JobSpec, jobId: string): PreparedJob {
+export function prepareSpec(config: KilnConfig, spec: JobSpec, jobId: string, datasetFingerprint: string): PreparedJob {
   const { problems, params } = specProblems(config, spec, jobId);
   if (problems.length) {
     throw ApplicationFailure.nonRetryable(`invalid job spec for ${jobId}:\n${problems.map((p) => `  - ${p}`).join('\n')}`, ErrorType.InvalidJobSpec, { problems });
@@ -139,7 +138,7 @@ export function prepareSpec(config: KilnConfig, spec: JobSpec, jobId: string): P
     jobId,
     spec,
     params,
-    datasetFingerprint: spec.datasetFingerprint ?? datasetFingerprint(spec.dataset, config.baseDir),
+    datasetFingerprint,
     timeouts: effectiveTimeouts(config, spec),
     retention: { ...config.retention, ...(model?.retention ?? {}), ...(spec.retention ?? {}) },
     requiredMetrics: model?.requiredMetrics ?? [],

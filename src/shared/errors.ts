@@ -17,6 +17,8 @@ export const ErrorType = {
   AttemptSuperseded: 'AttemptSuperseded',
   /** The job ended in a failure after all retries. */
   TrainingFailed: 'TrainingFailed',
+  /** A dataset's version could not be found right now (its resolver failed or timed out): retryable. */
+  DatasetUnavailable: 'DatasetUnavailable',
   /** Registry refused an operation (unknown version, incomplete version). */
   RegistryRefused: 'RegistryRefused',
 } as const;

@@ -1,27 +1,29 @@
 /**
- * Signal and query definitions: the names are public API (the Temporal CLI uses them:
- * `temporal workflow signal --name cancel --input '{"reason":"wrong lr"}'`). Workflow-safe.
+ * Signal, update and query definitions: the names are public API (the Temporal CLI uses them:
+ * `temporal workflow signal --name cancel --input '{"reason":"wrong lr"}'`, or the same as an Update,
+ * which answers: `temporal workflow update execute --name cancel --input '{"reason":"wrong lr"}'`).
+ * Every payload is untrusted and parsed by the workflow (src/shared/control.ts). Workflow-safe.
  */
-import { defineQuery, defineSignal } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { ApprovalInput, CancelInput, ControlResult, PauseInput } from './control';
 import type { JobStatus, ProgressReport } from './progress';
 import type { JobProgress } from './summary';
 
 export const TASK_QUEUE_CONTROL = 'kiln-control';
 export const gpuTaskQueue = (pool: string): string => `kiln-gpu-${pool}`;
 
-export interface CancelInput {
-  reason?: string;
-}
-export interface ApprovalInput {
-  by?: string;
-  note?: string;
-}
-
 export const cancelSignal = defineSignal<[CancelInput?]>('cancel');
-export const pauseSignal = defineSignal<[]>('pause');
-export const resumeSignal = defineSignal<[]>('resume');
+export const pauseSignal = defineSignal<[PauseInput?]>('pause');
+export const resumeSignal = defineSignal<[PauseInput?]>('resume');
 export const approveSignal = defineSignal<[ApprovalInput?]>('approve');
 export const rejectSignal = defineSignal<[ApprovalInput?]>('reject');
+
+/** The same controls as Updates: a validator refuses what cannot take effect, before it is recorded. */
+export const cancelUpdate = defineUpdate<ControlResult, [CancelInput?]>('cancel');
+export const pauseUpdate = defineUpdate<ControlResult, [PauseInput?]>('pause');
+export const resumeUpdate = defineUpdate<ControlResult, [PauseInput?]>('resume');
+export const approveUpdate = defineUpdate<ControlResult, [ApprovalInput?]>('approve');
+export const rejectUpdate = defineUpdate<ControlResult, [ApprovalInput?]>('reject');
 /** Internal: the train activity reports progress to its workflow. */
 export const reportSignal = defineSignal<[ProgressReport]>('kiln.report');
 

@@ -3,45 +3,55 @@
  * details), the workflow's `status` query reply, and the one-line progress text.
  * Workflow-safe.
  */
-export interface GpuTelemetry {
-  index: string;
-  name?: string;
-  utilizationPct?: number;
-  memoryUsedMiB?: number;
-  memoryTotalMiB?: number;
-}
+import { z } from 'zod';
 
-export interface CheckpointRef {
-  step: number;
-  path: string;
-  metrics: Record<string, number>;
-}
+const num = z.number().finite();
+const metrics = z.record(z.string().max(256), num);
 
-/** Sent by the train activity to its workflow (signal `kiln.report`), and kept in heartbeat details. */
-export interface ProgressReport {
-  attempt: number;
-  workerId: string;
-  step: number;
-  totalSteps: number | null;
-  epoch: number | null;
-  totalEpochs: number | null;
-  metrics: Record<string, number>;
+export const GpuTelemetrySchema = z.object({
+  index: z.string().max(64),
+  name: z.string().max(256).optional(),
+  utilizationPct: num.optional(),
+  memoryUsedMiB: num.optional(),
+  memoryTotalMiB: num.optional(),
+});
+export type GpuTelemetry = z.infer<typeof GpuTelemetrySchema>;
+
+export const CheckpointRefSchema = z.object({ step: z.number().int().min(0), path: z.string().max(4096), metrics });
+export type CheckpointRef = z.infer<typeof CheckpointRefSchema>;
+
+/**
+ * Sent by the train activity to its workflow (signal `kiln.report`), and kept in heartbeat details.
+ * The workflow parses every report with this schema (anyone can send that signal) and accepts it
+ * only with the token it issued to the running attempt.
+ */
+export const ProgressReportSchema = z.object({
+  /** The per-attempt token the workflow put into the train activity's input. */
+  token: z.string().max(128).optional(),
+  attempt: z.number().int().min(1),
+  workerId: z.string().max(512),
+  step: z.number().int().min(0),
+  totalSteps: z.number().int().min(0).nullable(),
+  epoch: num.nullable(),
+  totalEpochs: num.nullable(),
+  metrics,
   /** First step this attempt reported: checkpoint step + 1 after a resume. */
-  firstStep: number | null;
-  resumedFrom: CheckpointRef | null;
-  lastCheckpoint: CheckpointRef | null;
-  checkpoints: CheckpointRef[];
-  checkpointBytes: number;
-  validation: Record<string, number>;
-  gpuIds: string[];
-  gpu: GpuTelemetry[] | null;
-  malformedEvents: number;
-  stepsPerSec: number | null;
-  etaMs: number | null;
-  lastProgressAt: string | null;
+  firstStep: z.number().int().min(0).nullable(),
+  resumedFrom: CheckpointRefSchema.nullable(),
+  lastCheckpoint: CheckpointRefSchema.nullable(),
+  checkpoints: z.array(CheckpointRefSchema).max(10_000),
+  checkpointBytes: num,
+  validation: metrics,
+  gpuIds: z.array(z.string().max(64)).max(1024),
+  gpu: z.array(GpuTelemetrySchema).max(1024).nullable(),
+  malformedEvents: z.number().int().min(0),
+  stepsPerSec: num.nullable(),
+  etaMs: num.nullable(),
+  lastProgressAt: z.string().max(64).nullable(),
   /** Final report of an attempt ended by cancel/pause: the checkpoint it saved on SIGTERM. */
-  final?: boolean;
-}
+  final: z.boolean().optional(),
+});
+export type ProgressReport = z.infer<typeof ProgressReportSchema>;
 
 /** What every train heartbeat carries (a view of the report); a retry reads it back from heartbeatDetails. */
 export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId'>;
@@ -59,7 +69,6 @@ export function progressLine(p: Pick<ProgressReport, 'step' | 'totalSteps' | 'ep
   if (p.etaMs !== null) parts.push(`ETA ${fmt(p.etaMs)}`);
   return parts.join(' · ');
 }
-
 
 export interface JobStatus {
   jobId: string;

@@ -3,8 +3,10 @@
  * pure code only (the activity in activities/retrain.ts gathers the facts, this decides).
  */
 import { defineQuery } from '@temporalio/workflow';
+import { z } from 'zod';
 import { formatDuration } from './duration';
-import type { JobSpec, Trigger } from './spec';
+import { NAME_HINT, NAME_RE } from './names';
+import { TRIGGERS, type JobSpec, type Trigger } from './spec';
 import type { JobSummary } from './summary';
 
 /** Schedule ids Kiln owns: `kiln-retrain-<model>`. */
@@ -22,12 +24,15 @@ export function trainingIdFor(model: string, fingerprint: string): string {
   return `train-${model}-d${fingerprint.slice(0, 12)}`;
 }
 
-export interface RetrainInput {
-  model: string;
-  trigger: Trigger;
+export const RetrainInputSchema = z.strictObject({
+  model: z.string().regex(NAME_RE, { message: `invalid model name: ${NAME_HINT}` }),
+  trigger: z.enum(TRIGGERS).default('manual'),
   /** Skip the need-checks (data changed, max age, cooldown); never the dedupe. */
-  force?: boolean;
-}
+  force: z.boolean().optional(),
+});
+export type RetrainInput = z.input<typeof RetrainInputSchema>;
+/** The input once parsed (trigger defaulted). */
+export type RetrainRequest = z.output<typeof RetrainInputSchema>;
 
 /** What the need-checks look at; gathered by the `checkRetrainNeed` activity. */
 export interface RetrainFacts {
@@ -90,6 +95,8 @@ export function evaluateNeed(policy: NeedPolicy, f: RetrainFacts, force: boolean
 /** The `checkRetrainNeed` activity's answer. */
 export interface RetrainCheck extends NeedDecision {
   fingerprint: string;
+  /** How the version was found: the resolver, and one line (`3 files, 1.2 GiB (metadata)`). */
+  dataset: { resolver: string; detail: string };
   /** Deterministic child id from model + fingerprint. */
   childId: string;
   /** The TrainingJob input, built from temporal.yaml on the control worker. */

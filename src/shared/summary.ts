@@ -73,6 +73,9 @@ export interface JobProgress {
   lastProgressAt: string | null;
   pausedAt: string | null;
   cancelReason: string | null;
+  /** Messages the job received and dropped (malformed, refused, unknown), and the last one's reason. */
+  ignoredMessages: number;
+  lastIgnored: string | null;
   line: string;
   summary: JobSummary | null;
 }
