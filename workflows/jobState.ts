@@ -10,7 +10,7 @@
  * Not a workflow: workflows/index.ts does not export it.
  */
 import type { SignalDefinition, UpdateDefinition } from '@temporalio/common';
-import { type ActivityInterfaceFor, CancellationScope, log, setCurrentDetails, setDefaultSignalHandler, setHandler, upsertMemo, upsertSearchAttributes } from '@temporalio/workflow';
+import { type ActivityInterfaceFor, ApplicationFailure, CancellationScope, log, setCurrentDetails, setDefaultSignalHandler, setHandler, upsertMemo, upsertSearchAttributes } from '@temporalio/workflow';
 import {
   approveSignal,
   approveUpdate,
@@ -35,6 +35,8 @@ import {
   type ControlAction,
   type ControlResult,
   type ControlState,
+  type Refusal,
+  CONTROL_REFUSED,
 } from '../src/shared/control';
 import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
@@ -45,7 +47,7 @@ import type { ControlActivities } from './activityOptions';
 
 export type Approval = { approved: boolean; by: string; note: string };
 type Effect = Pick<ControlResult, 'phase' | 'message'>;
-type Parsed<V> = { ok: true; value: V } | { ok: false; error: string };
+type Judged<V> = { ok: true; value: V } | { ok: false; refusal: Refusal };
 export type Registered = JobSummary['registry'];
 
 export class JobState {
@@ -177,14 +179,17 @@ export class JobState {
     action: ControlAction,
     signal: SignalDefinition<[I?]>,
     update: UpdateDefinition<ControlResult, [I?]>,
-    parse: (raw: unknown) => Parsed<V>,
+    parse: (raw: unknown) => { ok: true; value: V } | { ok: false; error: string },
     apply: (v: V, via: 'signal' | 'update') => Effect | Promise<Effect>,
   ): void {
-    const judge = (raw: unknown): Parsed<V> => {
+    const judge = (raw: unknown): Judged<V> => {
       const p = parse(raw);
-      if (!p.ok) return p;
+      if (!p.ok) return { ok: false, refusal: { code: 'INVALID_INPUT', message: p.error } };
       const refusal = controlRefusal(action, this.controlState());
-      return refusal ? { ok: false, error: `${action} refused: ${refusal}` } : p;
+      return refusal ? { ok: false, refusal } : p;
+    };
+    const refuse = (r: Refusal): never => {
+      throw ApplicationFailure.nonRetryable(`${action} refused: ${r.message}`, CONTROL_REFUSED, r);
     };
     const run = async (v: V, via: 'signal' | 'update'): Promise<ControlResult> => {
       const seq = ++this.controlSeq;
@@ -194,18 +199,17 @@ export class JobState {
     };
     setHandler(signal, async (raw?: I) => {
       const p = judge(raw);
-      if (!p.ok) return this.ignore(`${action} signal: ${p.error}`);
+      if (!p.ok) return this.ignore(`${action} signal: ${action} refused: ${p.refusal.message}`);
       await run(p.value, 'signal').catch((err: unknown) => this.ignore(`${action} signal failed: ${String(err)}`));
     });
     setHandler(update, (raw?: I) => {
       const p = judge(raw);
       // The validator already refused anything judge() refuses; this only narrows the type.
-      if (!p.ok) throw new Error(p.error);
-      return run(p.value, 'update');
+      return p.ok ? run(p.value, 'update') : refuse(p.refusal);
     }, {
       validator: (raw?: I) => {
         const p = judge(raw);
-        if (!p.ok) throw new Error(p.error);
+        if (!p.ok) refuse(p.refusal);
       },
     });
   }

@@ -1,12 +1,13 @@
 /**
- * Verbs that steer a running job through its signals: `kiln cancel|pause|resume`, and
- * `kiln approve|reject` for a job waiting in phase awaiting-approval. Each checks first that the
- * signal can take effect, and refuses with exit 1 (nothing sent) when it cannot.
+ * Verbs that steer a running job: `kiln cancel|pause|resume`, and `kiln approve|reject` for a job
+ * waiting in phase awaiting-approval. Each is sent as an Update, so the job itself answers: accepted
+ * (exit 0, with the phase it moves to) or refused by its validator with the reason (exit 1, nothing
+ * recorded). The rule of what can take effect when lives in one place: src/shared/control.ts.
  */
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
-import { signalJob } from '../client/jobs';
+import { controlJob } from '../client/jobs';
 import { UsageError } from '../shared/errors';
-import { approveSignal, progressQuery, rejectSignal } from '../shared/messages';
+import { progressQuery } from '../shared/messages';
 import { KilnPhase } from '../shared/searchAttributes';
 import { JobIdSchema } from '../shared/spec';
 import type { JobSummary } from '../shared/summary';
@@ -17,14 +18,6 @@ import { withClient, type CliContext, type Verb } from './verb';
 
 type SignalName = 'cancel' | 'pause' | 'resume';
 type JobState = { status: string; phase: string | null };
-
-/** What the job must look like for a signal to do anything; otherwise the CLI says why and exits 1. */
-function refuseSignal(what: SignalName, status: string, phase: string | null): string | null {
-  if (status !== 'RUNNING') return `the job already ended (${status.toLowerCase()}${phase ? `, phase ${phase}` : ''})`;
-  if (what === 'pause' && phase !== 'training') return `only a training job can be paused; this one is ${phase ?? 'in an unknown phase'}`;
-  if (what === 'resume' && phase !== 'paused') return `the job is not paused (phase ${phase ?? '?'}); a pause takes effect once the trainer has checkpointed (kiln status shows paused)`;
-  return null;
-}
 
 /** After the signal: the state that shows it took effect. */
 async function waitForEffect(client: Client, jobId: string, what: SignalName, timeoutMs: number): Promise<JobState> {
@@ -43,23 +36,22 @@ async function waitForEffect(client: Client, jobId: string, what: SignalName, ti
 
 function signalVerb(what: SignalName): (ctx: CliContext) => Promise<number> {
   return async (ctx) => {
-    const spec = { json: { type: 'bool' as const }, wait: { type: 'bool' as const }, timeout: { type: 'string' as const }, ...(what === 'cancel' ? { reason: { type: 'string' as const } } : {}) };
+    const spec = { json: { type: 'bool' as const }, wait: { type: 'bool' as const }, timeout: { type: 'string' as const }, reason: { type: 'string' as const } };
     const p = parseArgs(ctx.argv, spec, what);
     const id = jobIdArg(p, what);
     return withClient(ctx.config(), async (client) => {
-      const d = await client.workflow.getHandle(id).describe();
-      const refused = refuseSignal(what, d.status.name, d.typedSearchAttributes.get(KilnPhase) ?? null);
-      if (refused) {
-        process.stderr.write(`kiln ${what}: ${id}: ${refused}\n`);
-        if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: false, reason: refused }));
+      const answer = await controlJob(client, id, what, { reason: str(p, 'reason'), by: defaultBy() });
+      if (!answer.accepted) {
+        process.stderr.write(`kiln ${what}: ${id}: ${answer.refusal.message}\n`);
+        if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: false, accepted: false, code: answer.refusal.code, reason: answer.refusal.message }));
         return 1;
       }
-      await signalJob(client, id, what, str(p, 'reason'));
       let after: JobState | null = null;
       if (bool(p, 'wait')) after = await waitForEffect(client, id, what, int(p, 'timeout', what) ?? 120_000);
-      if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: true, ...(after ? { status: after.status, phase: after.phase } : {}) }));
+      const r = answer.result;
+      if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: true, accepted: true, seq: r.seq, message: r.message, ...(after ? { status: after.status, phase: after.phase } : {}) }));
       else if (after) ctx.out(`${what}: ${id} is now ${after.phase ?? after.status.toLowerCase()}`);
-      else ctx.out(`${what} sent to ${id}${what === 'cancel' ? ' (the trainer checkpoints and stops; kiln watch shows the end)' : what === 'pause' ? ' (the trainer checkpoints and frees its GPU; kiln status shows paused)' : ''}`);
+      else ctx.out(`${what} accepted by ${id}: ${r.message}${what === 'cancel' ? ' (kiln watch shows the end)' : what === 'pause' ? ' (kiln status shows paused)' : ''}`);
       return 0;
     });
   };
@@ -76,8 +68,8 @@ async function jobPhase(client: Client, jobId: string): Promise<JobState> {
   return { status: d.status.name, phase };
 }
 
-/** Refuses unless the job waits for approval: the workflow would keep an early signal and apply it to a version nobody has seen yet. */
-async function requireAwaitingApproval(client: Client, ctx: CliContext, jobId: string, what: 'approve' | 'reject'): Promise<void> {
+/** Refuses a job that has ended (it cannot answer an Update) with the phase it ended in. */
+async function requireRunning(client: Client, ctx: CliContext, jobId: string, what: 'approve' | 'reject'): Promise<void> {
   let state: JobState;
   try {
     state = await jobPhase(client, jobId);
@@ -86,8 +78,8 @@ async function requireAwaitingApproval(client: Client, ctx: CliContext, jobId: s
     if (err instanceof WorkflowNotFoundError) throw new Refused('UNKNOWN_JOB', `no job ${jobId} on ${serverAddress(config)} (namespace ${config.server.namespace}); see kiln list --phase awaiting-approval`);
     throw err;
   }
-  if (state.status !== 'RUNNING' || state.phase !== 'awaiting-approval') {
-    const now = state.status !== 'RUNNING' ? `has ended (${state.status.toLowerCase()}${state.phase ? `, phase ${state.phase}` : ''})` : `is in phase ${state.phase ?? 'unknown'}`;
+  if (state.status !== 'RUNNING') {
+    const now = `has ended (${state.status.toLowerCase()}${state.phase ? `, phase ${state.phase}` : ''})`;
     throw new Refused('NOT_AWAITING_APPROVAL', `job ${jobId} ${now}, not awaiting approval; ${what} only applies in phase awaiting-approval (kiln status ${jobId})`);
   }
 }
@@ -105,9 +97,10 @@ function approvalVerb(what: 'approve' | 'reject'): (ctx: CliContext) => Promise<
     const client = await connectClient(ctx.config());
     try {
       return await guarded(ctx, what, json, async () => {
-        await requireAwaitingApproval(client, ctx, jobId, what);
+        await requireRunning(client, ctx, jobId, what);
         const h = client.workflow.getHandle(jobId);
-        await h.signal(what === 'approve' ? approveSignal : rejectSignal, { by, note });
+        const answer = await controlJob(client, jobId, what, { by, note });
+        if (!answer.accepted) throw new Refused(answer.refusal.code, `job ${jobId}: ${answer.refusal.message} (kiln status ${jobId})`);
         let registry: JobSummary['registry'] | null = null;
         if (bool(p, 'wait')) registry = ((await h.result()) as JobSummary).registry;
         if (json) ctx.out(JSON.stringify({ ok: true, jobId, signal: what, by, note, ...(registry ? { registry } : {}) }));
@@ -128,8 +121,9 @@ export const signalVerbs: Record<SignalName, Verb> = {
     summary: 'cancel a job (the trainer checkpoints and exits)',
     usage: `kiln cancel <job> [--reason TEXT] [--wait [--timeout MS]] [--json]
 
-Sends the cancel signal; the job ends as cancelled once the trainer is gone. Exit 1 if the job
-already ended. --wait returns when the job has closed.
+Sends the cancel Update; the job answers, then ends as cancelled once the trainer is gone. Exit 1,
+with the job's reason, if it refuses (it already ended, or a cancel is already under way). --wait
+returns when the job has closed.
 
 Examples:
   kiln cancel train-spirals-3k9x2a --reason "wrong lr"
@@ -138,9 +132,10 @@ Examples:
   },
   pause: {
     summary: 'pause a training job: checkpoint, free the GPU, wait for resume',
-    usage: `kiln pause <job> [--wait [--timeout MS]] [--json]
+    usage: `kiln pause <job> [--reason TEXT] [--wait [--timeout MS]] [--json]
 
-Only a job in phase training can be paused (exit 1 otherwise). --wait returns once it shows paused.
+Sends the pause Update. Only a job in phase training that is not already paused can be paused; the
+job refuses anything else with the reason (exit 1). --wait returns once it shows paused.
 
 Examples:
   kiln pause train-spirals-3k9x2a --wait
@@ -149,9 +144,10 @@ Examples:
   },
   resume: {
     summary: 'resume a paused job from its pause checkpoint',
-    usage: `kiln resume <job> [--wait [--timeout MS]] [--json]
+    usage: `kiln resume <job> [--reason TEXT] [--wait [--timeout MS]] [--json]
 
-Only a paused job can be resumed (exit 1 otherwise). --wait returns once it left the paused phase.
+Sends the resume Update. Only a paused (or pausing) job can be resumed; the job refuses anything else
+with the reason (exit 1). --wait returns once it left the paused phase.
 
 Example:
   kiln resume train-spirals-3k9x2a --wait`,
@@ -164,12 +160,13 @@ export const approvalVerbs: Record<'approve' | 'reject', Verb> = {
     summary: 'approve the version a job is waiting on (phase awaiting-approval): promote it',
     usage: `kiln approve <job> [--by NAME] [--note TEXT] [--wait] [--json]
 
-Sends the job's \`approve\` signal with {by, note}; the version is promoted and the decision
+Sends the job's \`approve\` Update with {by, note}; the version is promoted and the decision
 ("approved by ana (ok): val_loss 0.081 < 0.09 (production v1)") recorded on it and in the job result.
-Refused, with nothing sent, unless the job is in phase awaiting-approval. --wait waits for the job to
+Refused by the job, with nothing recorded, unless it is in phase awaiting-approval. --wait waits for the job to
 end and prints the decision. --by defaults to $KILN_USER or your login name.
 
-Same with the Temporal CLI:
+Same with the Temporal CLI (the Update answers; the signal of the same name does not):
+  temporal workflow update execute --workflow-id <job> --name approve --input '{"by":"ana","note":"ok"}'
   temporal workflow signal --workflow-id <job> --name approve --input '{"by":"ana","note":"ok"}'
 
 Examples:
@@ -182,11 +179,12 @@ Examples:
     summary: 'reject the version a job is waiting on: it stays a candidate',
     usage: `kiln reject <job> [--by NAME] [--note TEXT] [--wait] [--json]
 
-Sends the job's \`reject\` signal with {by, note}; the version stays a candidate and the rejection is
-recorded on it and in the job result. Refused, with nothing sent, unless the job is in phase
+Sends the job's \`reject\` Update with {by, note}; the version stays a candidate and the rejection is
+recorded on it and in the job result. Refused by the job, with nothing recorded, unless it is in phase
 awaiting-approval. --by defaults to $KILN_USER or your login name.
 
-Same with the Temporal CLI:
+Same with the Temporal CLI (the Update answers; the signal of the same name does not):
+  temporal workflow update execute --workflow-id <job> --name reject --input '{"by":"ana","note":"worse on class 3"}'
   temporal workflow signal --workflow-id <job> --name reject --input '{"by":"ana","note":"worse on class 3"}'
 
 Examples:

@@ -143,6 +143,8 @@ function progressLines(p: JobProgress): string[] {
   if (Object.keys(p.metrics).length) lines.push(`  metrics:    ${fmtMetrics(p.metrics)}`);
   if (Object.keys(p.validation).length) lines.push(`  validation: ${fmtMetrics(p.validation)}`);
   if (p.cancelReason) lines.push(`  cancelled:  ${p.cancelReason}`);
+  // Older runs answer without these fields.
+  if (p.ignoredMessages) lines.push(`  ignored:    ${p.ignoredMessages} message(s) the job dropped; last: ${p.lastIgnored}`);
   return lines;
 }
 

@@ -3,10 +3,12 @@
  * Everything reads the truth from Temporal: there is no job table.
  */
 import * as crypto from 'node:crypto';
-import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowUpdateFailedError, type Client, type WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import { validateSpec } from '../config/spec';
 import type { KilnConfig } from '../config/load';
-import { cancelSignal, pauseSignal, progressQuery, resumeSignal, TASK_QUEUE_CONTROL } from '../shared/messages';
+import { ApplicationFailure } from '@temporalio/common';
+import { approveUpdate, cancelUpdate, pauseUpdate, progressQuery, rejectUpdate, resumeUpdate, TASK_QUEUE_CONTROL } from '../shared/messages';
+import { CONTROL_REFUSED, type ApprovalInput, type CancelInput, type ControlAction, type ControlResult, type PauseInput, type Refusal } from '../shared/control';
 import type { JobProgress } from '../shared/summary';
 import { staticSummary, type JobSpec } from '../shared/spec';
 import { kilnSearchAttributes } from '../shared/searchAttributes';
@@ -36,11 +38,28 @@ export async function submitJob(client: Client, config: KilnConfig, spec: JobSpe
 
 export { WorkflowExecutionAlreadyStartedError };
 
-export async function signalJob(client: Client, jobId: string, what: 'cancel' | 'pause' | 'resume', reason?: string): Promise<void> {
+const UPDATES = { cancel: cancelUpdate, pause: pauseUpdate, resume: resumeUpdate, approve: approveUpdate, reject: rejectUpdate } as const;
+
+export type ControlAnswer = { accepted: true; result: ControlResult } | { accepted: false; refusal: Refusal };
+
+/**
+ * Sends a control action as an Update, so the job itself answers: accepted (with the phase it moves
+ * to), or refused by its validator (nothing recorded), with the reason. A job that already closed
+ * cannot answer; that is a refusal too.
+ */
+export async function controlJob(client: Client, jobId: string, action: ControlAction, input: CancelInput | PauseInput | ApprovalInput = {}): Promise<ControlAnswer> {
   const h = client.workflow.getHandle(jobId);
-  if (what === 'cancel') await h.signal(cancelSignal, reason ? { reason } : {});
-  else if (what === 'pause') await h.signal(pauseSignal);
-  else await h.signal(resumeSignal);
+  try {
+    return { accepted: true, result: await h.executeUpdate<ControlResult, [typeof input]>(UPDATES[action].name, { args: [input] }) };
+  } catch (err) {
+    if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure && err.cause.type === CONTROL_REFUSED) {
+      const r = err.cause.details?.[0] as Refusal | undefined;
+      return { accepted: false, refusal: r ?? { code: 'INVALID_INPUT', message: err.cause.message } };
+    }
+    const d = await h.describe().catch(() => null);
+    if (d && d.status.name !== 'RUNNING') return { accepted: false, refusal: { code: 'JOB_ENDED', message: `the job already ended (${d.status.name.toLowerCase()})` } };
+    throw err;
+  }
 }
 
 export async function queryProgress(client: Client, jobId: string): Promise<JobProgress> {

@@ -61,21 +61,31 @@ export interface ControlState {
 
 const ENDED: readonly Phase[] = ['completed', 'failed', 'cancelled'];
 
+/** Why a control action was refused: a stable code (for `--json` and scripts) and the words. */
+export interface Refusal {
+  code: 'INVALID_INPUT' | 'JOB_ENDED' | 'CANCELLING' | 'ALREADY_PAUSED' | 'NOT_TRAINING' | 'NOT_PAUSED' | 'ALREADY_DECIDED' | 'NOT_AWAITING_APPROVAL';
+  message: string;
+}
+
+/** The ApplicationFailure type an Update validator refuses with (details: [Refusal]). */
+export const CONTROL_REFUSED = 'ControlRefused';
+
 /** Why this action cannot take effect now, or null when it can. One wording for Signals and Updates. */
-export function controlRefusal(action: ControlAction, s: ControlState): string | null {
-  if (ENDED.includes(s.phase)) return `the job already ended (${s.phase})`;
-  if (s.cancelRequested !== null && action !== 'cancel') return `the job is being cancelled (${s.cancelRequested})`;
+export function controlRefusal(action: ControlAction, s: ControlState): Refusal | null {
+  const no = (code: Refusal['code'], message: string): Refusal => ({ code, message });
+  if (ENDED.includes(s.phase)) return no('JOB_ENDED', `the job already ended (${s.phase})`);
+  if (s.cancelRequested !== null) return no('CANCELLING', action === 'cancel' ? `cancel already requested (${s.cancelRequested})` : `the job is being cancelled (${s.cancelRequested})`);
   switch (action) {
     case 'cancel':
-      return s.cancelRequested !== null ? `cancel already requested (${s.cancelRequested})` : null;
+      return null;
     case 'pause':
-      if (s.paused) return `the job is already paused (phase ${s.phase}); resume it with resume`;
-      return s.phase === 'training' ? null : `the job is not training (phase ${s.phase}); only a training job can be paused`;
+      if (s.paused) return no('ALREADY_PAUSED', `the job is already paused (phase ${s.phase}); resume it with resume`);
+      return s.phase === 'training' ? null : no('NOT_TRAINING', `the job is not training (phase ${s.phase}); only a training job can be paused`);
     case 'resume':
-      return s.paused ? null : `the job is not paused (phase ${s.phase})`;
+      return s.paused ? null : no('NOT_PAUSED', `the job is not paused (phase ${s.phase})`);
     case 'approve':
     case 'reject':
-      if (s.approvalDecided) return `the approval was already decided (${s.approvalDecided})`;
-      return s.approvalPending ? null : `no approval pending (phase ${s.phase}); only a job awaiting approval can be approved or rejected`;
+      if (s.approvalDecided) return no('ALREADY_DECIDED', `the approval was already decided (${s.approvalDecided})`);
+      return s.approvalPending ? null : no('NOT_AWAITING_APPROVAL', `no approval pending (phase ${s.phase}); only a job awaiting approval can be approved or rejected`);
   }
 }
