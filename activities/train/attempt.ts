@@ -12,9 +12,8 @@ import { ErrorType } from '../../src/shared/errors';
 import type { CheckpointRef, TrainHeartbeat } from '../../src/shared/progress';
 import type { PreparedJob } from '../../src/shared/spec';
 import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
-import { artifactDir, checkpointDir, chooseResumePoint, dropJournals, generationOf, insideDir, journalDir, journalFile, WorkDirLease, writeManifest } from '../../src/supervisor/workdir';
+import { artifactDir, checkpointDir, chooseResumePoint, generationOf, insideDir, WorkDirLease } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
-import { jobIoFailure } from './ioError';
 import { waitingHeartbeat } from './progress';
 
 export interface TrainInput {
@@ -39,25 +38,13 @@ export interface TrainAttempt {
   workDir: string;
   trainer: NonNullable<KilnConfig['trainers'][string]>;
   lease: WorkDirLease;
-  /** This attempt's generation (lease) and the journal its shim writes. */
-  gen: number;
-  journal: string;
   pidfile: string;
   resumedFrom: CheckpointRef | null;
   /** Announced checkpoints that still exist, oldest first. */
   checkpoints: CheckpointRef[];
 }
 
-/** Starts the attempt; a disk error on the job's files fails only this attempt (JobIoError). */
 export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
-  try {
-    return await takeOver(deps, info, input);
-  } catch (err) {
-    throw jobIoFailure(input.prepared.jobId, err);
-  }
-}
-
-async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
   const p = input.prepared;
   const jobId = p.jobId;
   const attempt = info.attempt;
@@ -67,7 +54,6 @@ async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<T
   const workDir = p.workDir;
   fs.mkdirSync(checkpointDir(workDir), { recursive: true });
   fs.mkdirSync(artifactDir(workDir), { recursive: true });
-  fs.mkdirSync(journalDir(workDir), { recursive: true });
 
   const trainer = deps.config.trainers[p.spec.trainer];
   if (!trainer) {
@@ -97,16 +83,9 @@ async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<T
   }
 
   const heartbeat = (info.heartbeatDetails ?? null) as TrainHeartbeat | null;
-  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log, gen });
-  if (resume.adopted.length) {
-    // Announced to a shim after its worker died: verified like any checkpoint, now in the manifest.
-    log.info({ adopted: resume.adopted.map((c) => ({ step: c.step, path: c.path })) }, 'adopted checkpoints an earlier attempt announced after its worker was gone');
-    writeManifest(workDir, resume.checkpoints);
-  }
-  dropJournals(workDir, gen);
+  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log });
   const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
-  const journal = journalFile(workDir, gen, attempt);
-  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints: resume.checkpoints };
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, pidfile, resumedFrom, checkpoints: resume.checkpoints };
 }
 
 /** A fine-tune with no checkpoint of its own starts from the spec's base checkpoint. */
