@@ -20,3 +20,6 @@ export function writeSection(file: string, heading: string, body: string): void 
   }
   fs.writeFileSync(file, text.endsWith('\n') ? text : `${text}\n`);
 }
+
+/** A duration for a table cell: "299 ms". */
+export const ms = (x: number): string => `${Math.round(x)} ms`;

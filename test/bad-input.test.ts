@@ -15,7 +15,8 @@ import { buildSpec, parseSpecJson } from '../src/config/spec';
 import type { JobSpec } from '../src/shared/spec';
 import type { JobSummary } from '../src/shared/summary';
 import { SqliteModelRegistry } from '../src/registry/sqlite';
-import { defaultConfigYaml, EXAMPLE_TRAINER, EXAMPLE_TRAINER_PARAMS, jobDir, startKilnEnv, type KilnTestEnv } from './helpers/kiln';
+import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
+import { defaultConfigYaml, EXAMPLE_TRAINER, jobDir, startKilnEnv, type KilnTestEnv } from './helpers/kiln';
 import { FIXTURES, readManifest, runKiln } from './helpers/processes';
 
 function writeTmp(dir: string, name: string, text: string): string {

@@ -14,24 +14,14 @@ import { progressQuery } from '../src/shared/messages';
 import { staticSummary } from '../src/shared/spec';
 import { buildSpec } from '../src/config/spec';
 import { freePort, startDevServer, type DevServer } from '../src/temporal/devServer';
+import { BLOBS_MODEL, SPIRALS_MODEL } from './helpers/fixtures';
 import { defaultConfigYaml, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const CHROMIUM = '/usr/bin/chromium';
 const SKIP = fs.existsSync(CHROMIUM) ? false : `Chromium is not installed at ${CHROMIUM}: apt-get install chromium (.ci/run does) to run the Web UI check`;
 const SHOTS = path.join(os.tmpdir(), 'kiln-browser-test');
 
-const MODELS = `  spirals:
-    trainer: example
-    dataset: synthetic://spirals/v1
-    params: { epochs: 2, steps_per_epoch: 10 }
-    pool: gpu
-    gpus: 1
-  blobs:
-    trainer: example
-    dataset: synthetic://blobs/v1
-    params: { dataset: blobs, epochs: 1, steps_per_epoch: 5 }
-    pool: gpu
-    gpus: 1`;
+const MODELS = [SPIRALS_MODEL, BLOBS_MODEL].join('\n');
 
 /** Text of the page and every frame: the UI renders summaries and details in sandboxed iframes. */
 async function allText(page: Page): Promise<string> {

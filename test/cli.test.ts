@@ -14,6 +14,7 @@ import { TASK_QUEUE_CONTROL } from '../src/shared/messages';
 import { createLogger } from '../src/logger';
 import { freePort } from '../src/temporal/devServer';
 import { createControlWorker } from '../workers/control';
+import { BLOBS_MODEL, PROMOTED_SPIRALS_MODEL } from './helpers/fixtures';
 import { defaultConfigYaml, KILN_BIN, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
 
 interface Run {
@@ -22,20 +23,7 @@ interface Run {
   stderr: string;
 }
 
-const MODELS = `  spirals:
-    trainer: example
-    dataset: synthetic://spirals/v1
-    params: { epochs: 2, steps_per_epoch: 10 }
-    pool: gpu
-    gpus: 1
-    requiredMetrics: [val_loss, accuracy]
-    promotion: { metric: val_loss, direction: min, mode: auto }
-  blobs:
-    trainer: example
-    dataset: synthetic://blobs/v1
-    params: { dataset: blobs, epochs: 1, steps_per_epoch: 5 }
-    pool: gpu
-    gpus: 1`;
+const MODELS = [PROMOTED_SPIRALS_MODEL, BLOBS_MODEL].join('\n');
 
 /** A job that trains long enough to be looked at, paused and cancelled (~100 s if left alone). */
 const LONG = ['--param', 'epochs=100', '--param', 'step_delay_ms=100'];

@@ -16,6 +16,7 @@ import type { JobSummary } from '../src/shared/summary';
 import { staticSummary } from '../src/shared/spec';
 import { buildSpec } from '../src/config/spec';
 import { KilnModel, KilnTrigger } from '../src/shared/searchAttributes';
+import { PROMOTED_SPIRALS_MODEL } from './helpers/fixtures';
 import { defaultConfigYaml, REPO, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const DOC = path.join(REPO, 'docs', 'operations.md');
@@ -44,14 +45,7 @@ function extractBlocks(md: string): { tested: Block[]; untestedTemporal: string[
   return { tested, untestedTemporal };
 }
 
-const MODELS = `  spirals:
-    trainer: example
-    dataset: synthetic://spirals/v1
-    params: { epochs: 2, steps_per_epoch: 10 }
-    pool: gpu
-    gpus: 1
-    requiredMetrics: [val_loss, accuracy]
-    promotion: { metric: val_loss, direction: min, mode: auto }
+const MODELS = `${PROMOTED_SPIRALS_MODEL}
   gated:
     trainer: example
     dataset: synthetic://spirals/v1

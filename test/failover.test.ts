@@ -9,7 +9,8 @@ import { after, before, describe, test } from 'node:test';
 import { progressQuery } from '../src/shared/messages';
 import type { JobSummary } from '../src/shared/summary';
 import { isAlive } from '../src/supervisor/proc';
-import { defaultConfigYaml, EXAMPLE_TRAINER, EXAMPLE_TRAINER_PARAMS, readTrainerLog, startKilnEnv, trainerPids, waitFor, type KilnTestEnv } from './helpers/kiln';
+import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
+import { defaultConfigYaml, EXAMPLE_TRAINER, readTrainerLog, startKilnEnv, trainerPids, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 function trainerOf(env: KilnTestEnv, jobId: string): number | undefined {
   return trainerPids(env.home).find((p) => {

@@ -17,7 +17,8 @@ import { isAlive } from '../src/supervisor/proc';
 import { submitJob } from '../src/client/jobs';
 import { buildSpec } from '../src/config/spec';
 import { assertRecovered, stoppedAtStep, watchJob, type RecoveryExpectation } from './helpers/faults';
-import { defaultConfigYaml, EXAMPLE_TRAINER, EXAMPLE_TRAINER_PARAMS, jobDir, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
+import { EXAMPLE_TRAINER_PARAMS, PROMOTED_SPIRALS_MODEL } from './helpers/fixtures';
+import { defaultConfigYaml, EXAMPLE_TRAINER, jobDir, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
 import {
   FIXTURES,
   jobProcesses,
@@ -67,12 +68,7 @@ function reliabilityConfig(): string {
     evaluate:
       command: [node, ${EXAMPLE_TRAINER}]
       queue: control`,
-    models: `  spirals:
-    trainer: example
-    dataset: synthetic://spirals/v1
-    params: { epochs: 2, steps_per_epoch: 10 }
-    requiredMetrics: [val_loss, accuracy]
-    promotion: { metric: val_loss, direction: min, mode: auto }
+    models: `${PROMOTED_SPIRALS_MODEL}
   spirals-gpu-eval:
     trainer: example-gpu-eval
     dataset: synthetic://spirals/v1

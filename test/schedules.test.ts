@@ -14,7 +14,8 @@ import { parseConfigText } from '../src/config/load';
 import { ConfigError } from '../src/shared/errors';
 import type { JobSummary } from '../src/shared/summary';
 import { evaluateNeed, retrainStateQuery, scheduleId, trainingIdFor, type RetrainResult } from '../src/shared/retrain';
-import { backfillSchedule, desiredSchedules, listSchedules, ownedScheduleIds, pauseSchedule, startRetrain, syncSchedules, triggerSchedule } from '../src/client/schedules';
+import { backfillSchedule, desiredSchedules, listSchedules, ownedScheduleIds, pauseSchedule, syncSchedules, triggerSchedule } from '../src/client/schedules';
+import { startRetrain } from '../src/client/retrain';
 import { defaultConfigYaml, KILN_BIN, startKilnEnv, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const run = promisify(execFile);

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { jobDir, REPO, type KilnTestEnv } from './kiln';
-import { median, percentile } from './processes';
+import { stats, type Stats } from '../../bench/stats';
 
 export function chaosN(): number {
   const n = Number(process.env.CHAOS_N ?? 10);
@@ -26,7 +26,7 @@ export interface ChaosFile<Row> {
   command: string;
   n: number;
   rows: Row[];
-  summary: Record<string, { n: number; median: number; p95: number; min: number; max: number }>;
+  summary: Record<string, Stats>;
 }
 
 /** Writes <CHAOS_OUT>/<fault>.json with the rows and median/p95 of each numeric column. */
@@ -35,7 +35,7 @@ export function recordFigures<Row extends Record<string, unknown>>(fault: string
   const keys = new Set(rows.flatMap((r) => Object.keys(r)));
   for (const k of keys) {
     const xs = rows.map((r) => r[k]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
-    if (xs.length && k !== 'run') summary[k] = { n: xs.length, median: median(xs), p95: percentile(xs, 95), min: Math.min(...xs), max: Math.max(...xs) };
+    if (xs.length && k !== 'run') summary[k] = stats(xs);
   }
   const file: ChaosFile<Row> = {
     fault,

@@ -20,6 +20,7 @@ import { ensureSearchAttributes } from '../../src/temporal/registerSearchAttribu
 import { groupMembers, isAlive } from '../../src/supervisor/proc';
 import { createControlWorker } from '../../workers/control';
 import type { RegistryHooks } from '../../activities/registry';
+import { EXAMPLE_TRAINER_PARAMS, PROMOTED_SPIRALS_MODEL } from './fixtures';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
 export const KILN_BIN = path.join(REPO, 'bin', 'kiln');
@@ -52,23 +53,6 @@ export interface ConfigInput {
   extra?: string;
 }
 
-/** Example trainer params, with the fault params tests need. */
-export const EXAMPLE_TRAINER_PARAMS = `
-      epochs: { type: integer, min: 1, max: 10000, default: 2 }
-      steps_per_epoch: { type: integer, min: 1, max: 100000, default: 10 }
-      batch_size: { type: integer, min: 1, max: 4096, default: 32 }
-      lr: { type: number, gt: 0, max: 10, default: 0.3 }
-      hidden: { type: integer, min: 1, max: 1024, default: 16 }
-      seed: { type: integer, min: 0, default: 1 }
-      step_delay_ms: { type: integer, min: 0, max: 60000, default: 0 }
-      checkpoint_every: { type: integer, min: 1 }
-      checkpoint_write_ms: { type: integer, min: 0, max: 60000 }
-      samples: { type: integer, min: 50, max: 100000 }
-      dataset: { type: enum, values: [spirals, blobs], default: spirals }
-      fault: { type: enum, values: [crash, hang, exit2, garbage, truncate] }
-      fault_at_step: { type: integer, min: 0 }
-      fault_attempts: { type: array, items: integer }`;
-
 export function defaultConfigYaml(o: ConfigInput = {}): string {
   return `version: 1
 server:
@@ -87,17 +71,7 @@ trainers:
       queue: control
 ${o.trainers ?? ''}
 models:
-${
-  o.models ??
-  `  spirals:
-    trainer: example
-    dataset: synthetic://spirals/v1
-    params: { epochs: 2, steps_per_epoch: 10 }
-    pool: gpu
-    gpus: 1
-    requiredMetrics: [val_loss, accuracy]
-    promotion: { metric: val_loss, direction: min, mode: auto }`
-}
+${o.models ?? PROMOTED_SPIRALS_MODEL}
 timeouts:
 ${o.timeouts ?? `  heartbeat: 4s
   stall: 20s

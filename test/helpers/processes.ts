@@ -1,7 +1,8 @@
 /**
  * Process-level helpers for the reliability, chaos and load suites: a control worker as a child
  * process (so it can be SIGKILLed), a Temporal dev server the test owns (so it can be restarted on
- * the same port and SQLite file), the CLI as a child, and /proc sampling of trainers and RSS.
+ * the same port and SQLite file), the CLI as a child, and /proc views of trainers and their supervisors
+ * (statistics and RSS sampling live in bench/stats.ts).
  * Additive to helpers/kiln.ts, which stays the one harness for env setup.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -233,30 +234,6 @@ export function jobProcesses(home: string, jobId?: string): TrainerProc[] {
   return out;
 }
 
-/** VmRSS of a process in KiB, or null. */
-export function rssKiB(pid: number): number | null {
-  try {
-    const m = /VmRSS:\s+(\d+)\s+kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : null;
-  } catch {
-    return null;
-  }
-}
-
-/** Direct children of a pid (from /proc/<pid>/task/<pid>/children, else by scanning). */
-export function childrenOf(pid: number): number[] {
-  try {
-    return fs
-      .readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number);
-  } catch {
-    return [];
-  }
-}
-
 function procState(pid: number): string | null {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -337,18 +314,4 @@ export async function waitFast<T>(fn: () => T | undefined | null | false, timeou
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-export function percentile(xs: number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const i = Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1));
-  return s[i]!;
-}
-
-export function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }

@@ -1,0 +1,44 @@
+/**
+ * `npm run bench`: lists the benchmarks and how to run each; `npm run bench -- <name> [options]` runs
+ * one (the same as `node dist/bench/<name>.js [options]` after a build). Each takes minutes to hours
+ * on a real dev server and writes its section of BENCHMARKS.md, so none runs by default.
+ */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+
+const BENCHES: Record<string, { what: string; usage: string }> = {
+  training: {
+    what: 'TrainingJob (issue 3): cancel latency, resume after a worker dies or drains, supervision overhead, worker memory',
+    usage: '[--runs 10] [--pairs 3] [--job-seconds 35] [--memory-runs 3] [--only cancel,cancel-kill,sigkill,sigterm,overhead,memory] [--json FILE]',
+  },
+  schedules: {
+    what: 'Schedules (issue 4): schedule fire → trainer started, and trigger storms deduped to one training',
+    usage: '[--fires 12] [--warmup 1] [--storms 3] [--storm-size 100] [--no-write] [--json FILE]',
+  },
+  load: {
+    what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',
+    usage: '[--jobs 200] [--runs 10] [--workers 2] [--slots 4] [--steps 5] [--json FILE] [--from-json FILE] [--no-write]',
+  },
+};
+
+function usage(): string {
+  const lines = ['Benchmarks (results go to BENCHMARKS.md). Run one with:', '  npm run bench -- <name> [options]   or   node dist/bench/<name>.js [options]', ''];
+  for (const [name, b] of Object.entries(BENCHES)) lines.push(`  ${name}: ${b.what}`, `    node dist/bench/${name}.js ${b.usage}`, '');
+  return lines.join('\n');
+}
+
+function main(): void {
+  const [name, ...args] = process.argv.slice(2);
+  if (!name || name === '--help' || name === '-h') {
+    console.log(usage());
+    return;
+  }
+  if (!BENCHES[name]) {
+    console.error(`unknown benchmark ${JSON.stringify(name)}\n\n${usage()}`);
+    process.exit(2);
+  }
+  const r = spawnSync(process.execPath, [path.join(__dirname, `${name}.js`), ...args], { stdio: 'inherit' });
+  process.exit(r.status ?? 1);
+}
+
+main();
