@@ -244,7 +244,7 @@ describe('kiln CLI', () => {
     assert.deepEqual([c.sent, c.status, c.phase], [true, 'CANCELLED', 'cancelled']);
   });
 
-  test('pause, resume and cancel, with refusals; watch (non-TTY) follows along and exits 3 on cancel', async () => {
+  test('pause, resume and cancel (Updates the job answers), with its refusals; watch (non-TTY) follows along and exits 3 on cancel', async () => {
     const jobId = await submitLong();
     const watcher = start(['watch', jobId, '--interval', '300']);
 
@@ -252,7 +252,7 @@ describe('kiln CLI', () => {
     assert.deepEqual([p.sent, p.phase], [true, 'paused']);
     const again = await kiln(['pause', jobId]);
     assert.equal(again.code, 1);
-    assert.match(again.stderr, /only a training job can be paused; this one is paused/);
+    assert.match(again.stderr, new RegExp(`kiln pause: ${jobId}: the job is already paused \\(phase paused\\); resume it with resume`));
     const ps = await kilnJson<{ phase: string; progress: { line: string } }>(['status', jobId]);
     assert.equal(ps.phase, 'paused');
     assert.match(ps.progress.line, /^paused at step \d+/);
@@ -265,7 +265,7 @@ describe('kiln CLI', () => {
 
     const c = await kiln(['cancel', jobId, '--reason', 'cli test']);
     assert.equal(c.code, 0, c.stderr);
-    assert.match(c.stdout, new RegExp(`cancel sent to ${jobId}`));
+    assert.match(c.stdout, new RegExp(`cancel accepted by ${jobId}: cancelling: cli test \\(the trainer checkpoints and stops\\)`));
     const w = await watcher.done;
     assert.equal(w.code, 3, `watch exits 3 on cancel\n${w.stdout}\n${w.stderr}`);
     assert.ok(!w.stdout.includes('\r') && !w.stdout.includes('\x1b'), 'plain lines');
