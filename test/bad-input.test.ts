@@ -9,10 +9,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ConfigError } from '../src/shared/errors';
+import { ConfigError, UsageError } from '../src/shared/errors';
+import { parseConfigText } from '../src/config/load';
+import { parseParamFlags } from '../src/cli/params';
 import { submitJob } from '../src/client/jobs';
-import { buildSpec, parseSpecJson } from '../src/config/spec';
-import type { JobSpec } from '../src/shared/spec';
+import { buildSpec, parseSpecJson, validateSpec } from '../src/config/spec';
+import { JobSpecSchema, type JobSpec } from '../src/shared/spec';
 import type { JobSummary } from '../src/shared/summary';
 import { SqliteModelRegistry } from '../src/registry/sqlite';
 import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
@@ -254,5 +256,57 @@ describe('bad submissions: non-zero exit, nothing started, nothing stored change
     const warnings = log.split('\n').filter((l) => l.includes('trainer announced a checkpoint outside the job dir; ignored'));
     assert.equal(warnings.length, 3, `one warning each for the absolute, ../ and symlinked paths:\n${warnings.join('\n')}`);
     assert.match(log, /ignoring a resume checkpoint outside the job dir/);
+  });
+});
+
+describe('fuzzed CLI input: --param flags and JSON specs get a clear error or a valid spec, never a crash', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-fuzz-'));
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = writeTmp(dir, 'temporal.yaml', defaultConfigYaml());
+  const config = parseConfigText(fs.readFileSync(file, 'utf8'), file, { KILN_HOME: dir });
+  let seed = 0x5eed;
+  const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+  const weird = ['', '\u0000', '__proto__', 'constructor', 'toString', 'lr', 'epochs', 'x'.repeat(300), '💥', '\u202eevil', 'a.b', ' lr', 'lr ', '1e309', 'NaN', '-0', '[1,2', '{"a":1}', 'true', '9'.repeat(400)];
+  const expectedError = (e: unknown) => e instanceof ConfigError || e instanceof UsageError;
+
+  test('500 random --param lists: ConfigError/UsageError naming the problem, or a spec the schema accepts', () => {
+    let accepted = 0;
+    for (let i = 0; i < 500; i++) {
+      const flags = Array.from({ length: 1 + Math.floor(r() * 3) }, () => `${pick(weird)}${r() < 0.9 ? '=' : ''}${pick([...weird, '0.05', '3', '7'])}`);
+      try {
+        const spec = buildSpec(config, 'spirals', { params: parseParamFlags(config, 'spirals', flags) });
+        validateSpec(config, spec, 'train-spirals-fuzz');
+        assert.equal(JobSpecSchema.safeParse(spec).success, true);
+        accepted++;
+      } catch (e) {
+        assert.ok(expectedError(e), `flags ${JSON.stringify(flags)} threw ${String(e)}`);
+        assert.ok((e as Error).message.length > 10 && !/undefined|\[object Object\]/.test((e as Error).message), `a clear message for ${JSON.stringify(flags)}: ${(e as Error).message}`);
+      }
+    }
+    assert.ok(accepted > 0 && accepted < 500, `some random flags are valid (lr=1e309 is not), most are not: ${accepted}`);
+  });
+
+  test('prototype keys are refused like any undeclared param, not silently dropped', () => {
+    for (const k of ['__proto__', 'constructor', 'toString', 'hasOwnProperty']) {
+      assert.throws(() => parseParamFlags(config, 'spirals', [`${k}=1`]), (e: unknown) => e instanceof ConfigError && new RegExp(`declares no param "${k}"`).test(e.message), k);
+    }
+  });
+
+  test('300 random JSON specs (types, sizes, nesting, unicode, NUL): ConfigError or a valid spec', () => {
+    for (let i = 0; i < 300; i++) {
+      const obj: Record<string, unknown> = {};
+      for (const k of ['model', 'trainer', 'dataset', 'params', 'pool', 'gpus', 'timeouts', pick(weird)]) {
+        if (r() < 0.7) obj[k] = pick<unknown>([pick(weird), 1, -1, 1e308, null, [], {}, { lr: pick(weird) }, { heartbeat: pick(weird) }, 'spirals', 'example']);
+      }
+      let text = JSON.stringify(obj);
+      if (r() < 0.2) text = text.slice(0, Math.floor(r() * text.length));
+      try {
+        const spec = parseSpecJson(text);
+        assert.equal(JobSpecSchema.safeParse(spec).success, true);
+      } catch (e) {
+        assert.ok(e instanceof ConfigError, `${text.slice(0, 200)} threw ${String(e)}`);
+      }
+    }
   });
 });

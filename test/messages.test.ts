@@ -6,7 +6,10 @@
  * The histories are replayed to show the handlers stay deterministic.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
@@ -238,6 +241,43 @@ describe('messages: malformed, forged and racing input never wedges a job', () =
     await assert.rejects(h.result(), WorkflowFailedError);
     assert.deepEqual(await workflowTaskFailures(h), []);
     await replay(h);
+  });
+
+  test('raw temporal workflow start with a bad spec: non-retryable in one attempt, naming the problem; a neighbour keeps training', async () => {
+    const neighbour = await env.submit('spirals', { params: LONG });
+    await waitFor(async () => (await step(neighbour)) > 0, 60_000, 'neighbour training');
+    fs.mkdirSync(path.join(env.home, 'data'), { recursive: true });
+    execFileSync('mkfifo', [path.join(env.home, 'data', 'pipe')]);
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-outside-'));
+    fs.writeFileSync(path.join(outside, 'data.csv'), '1,2\n');
+    const base = { trainer: 'example', params: {}, dataset: 'synthetic://spirals/v1' };
+    const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+      ['unknown-model', { ...base, model: 'nope' }, /model: unknown model "nope" \(defined models: spirals/],
+      ['zero-heartbeat', { ...base, model: 'spirals', timeouts: { heartbeat: 0 } }, /timeouts\.heartbeat: 0 ms is below the minimum of 1s/],
+      ['shadow', { ...base, model: 'spirals', dataset: 'file:///etc/shadow' }, /dataset file:\/\/\/etc\/shadow resolves to \/etc\/shadow, outside the allowed dataset roots/],
+      ['fifo', { ...base, model: 'spirals', dataset: 'data/pipe' }, /is a FIFO \(named pipe\)/],
+      ['outside', { ...base, model: 'spirals', dataset: `file://${outside}/data.csv` }, /outside the allowed dataset roots/],
+    ];
+    try {
+      for (const [name, spec, re] of cases) {
+        const id = `raw-${name}-${Date.now()}`;
+        const started = await temporal(env, ['workflow', 'start', '--type', 'TrainingJob', '--task-queue', env.controlQueue, '--workflow-id', id, '--input', JSON.stringify(spec)]);
+        assert.equal(started.code, 0, started.stderr);
+        const h = env.client.workflow.getHandle(id);
+        await assert.rejects(h.result(), (e: unknown) => e instanceof WorkflowFailedError && re.test(String(e.cause?.message)), name);
+        const events = (await h.fetchHistory()).events ?? [];
+        const attempts = events.filter((e) => e.activityTaskStartedEventAttributes).map((e) => e.activityTaskStartedEventAttributes!.attempt);
+        assert.deepEqual(attempts, [1], `${name}: prepareJob ran once, not retried`);
+        assert.deepEqual(await workflowTaskFailures(h), [], name);
+      }
+    } finally {
+      fs.rmSync(outside, { recursive: true, force: true });
+      fs.rmSync(path.join(env.home, 'data', 'pipe'), { force: true });
+    }
+    const at = await step(neighbour);
+    await waitFor(async () => (await step(neighbour)) > at, 30_000, 'the neighbour still advances: the control worker was never blocked');
+    await controlJob(env.client, neighbour.workflowId, 'cancel', { reason: 'done' });
+    await assert.rejects(neighbour.result(), WorkflowFailedError);
   });
 
   test('RetrainModel: bad input fails once, non-retryably, naming it; random signals and query args never fail a task', async () => {

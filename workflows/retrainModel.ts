@@ -60,7 +60,7 @@ export async function RetrainModel(raw: RetrainInput): Promise<RetrainResult> {
   const done = (outcome: RetrainResult['outcome'], reason: string, childId: string | null, training: JobSummary | null): RetrainResult => {
     Object.assign(state, { phase: 'done', outcome, reason, childId });
     setCurrentDetails(`${outcome}: ${reason}${childId && outcome !== 'skipped' ? ` (${childId})` : ''}`);
-    return { model: input.model, trigger: check.trigger, force, outcome, reason, fingerprint: check.fingerprint, childId, training };
+    return { model: input.model, trigger: check.trigger, force, outcome, reason, fingerprint: check.fingerprint, dataset: check.dataset, childId, training };
   };
 
   if (!check.train) return done('skipped', check.reason, null, null);
@@ -81,7 +81,7 @@ export async function RetrainModel(raw: RetrainInput): Promise<RetrainResult> {
       cancellationType: ChildWorkflowCancellationType.ABANDON,
       typedSearchAttributes: kilnSearchAttributes({ model: input.model, phase: 'queued', trigger: check.trigger }),
       staticSummary: check.staticSummary,
-      staticDetails: `Kiln training job for model **${input.model}**, data version \`${check.fingerprint}\`, started by RetrainModel \`${info.workflowId}\` (${check.trigger}): ${check.reason}.`,
+      staticDetails: `Kiln training job for model **${input.model}**, data version \`${check.fingerprint}\` (${check.dataset.detail}), started by RetrainModel \`${info.workflowId}\` (${check.trigger}): ${check.reason}.`,
     });
   } catch (err) {
     if (err instanceof WorkflowExecutionAlreadyStartedError) {

@@ -44,13 +44,14 @@ export function parseParamFlags(config: KilnConfig, model: string, raw: string[]
     const eq = kv.indexOf('=');
     if (eq <= 0) throw new UsageError(`kiln submit: --param takes key=value, got "${kv}" (e.g. --param lr=0.01)`);
     const k = kv.slice(0, eq);
-    if (m && !decl[k]) {
+    // Own keys only: `__proto__` or `constructor` must be refused like any undeclared name.
+    if (m && !Object.hasOwn(decl, k)) {
       const known = Object.keys(decl);
       throw new ConfigError(`kiln submit: --param ${k}`, [
         `trainer "${m.trainer}" of model ${model} declares no param "${k}" (declared: ${known.join(', ') || 'none'}; declare it under trainers.${m.trainer}.params in ${path.basename(config.file)})`,
       ]);
     }
-    out[k] = coerceParam(decl[k], kv.slice(eq + 1));
+    out[k] = coerceParam(Object.hasOwn(decl, k) ? decl[k] : undefined, kv.slice(eq + 1));
   }
   return out;
 }

@@ -122,6 +122,8 @@ export interface RetrainResult {
   outcome: RetrainOutcome;
   reason: string;
   fingerprint: string;
+  /** How the data version was found (resolver, one line); absent in runs from before resolvers. */
+  dataset?: { resolver: string; detail: string };
   /** The TrainingJob this run started or found; null when skipped. */
   childId: string | null;
   /** The child's summary when this run started it and waited for it. */
