@@ -34,7 +34,7 @@ export function datasetOptions(): ActivityOptions {
 }
 
 /**
- * No scheduleToStart limit: a job may wait for a free GPU slot as long as it has to.
+ * One train attempt. No scheduleToStart limit: a job may wait for a free GPU slot as long as it has to.
  * WAIT_CANCELLATION_COMPLETED: "cancelled" must mean the trainer process is really gone.
  */
 export function trainOptions(p: PreparedJob): ActivityOptions {
@@ -42,13 +42,8 @@ export function trainOptions(p: PreparedJob): ActivityOptions {
     taskQueue: gpuTaskQueue(p.spec.pool),
     startToCloseTimeout: p.timeouts.startToCloseMs,
     heartbeatTimeout: p.timeouts.heartbeatMs,
-    retry: {
-      maximumAttempts: p.timeouts.maxAttempts,
-      initialInterval: '1s',
-      backoffCoefficient: 2,
-      maximumInterval: '30s',
-      nonRetryableErrorTypes: NON_RETRYABLE_TYPES,
-    },
+    // One attempt per activity: the workflow decides what a failure costs (attempts.ts).
+    retry: { maximumAttempts: 1 },
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   };
 }

@@ -41,7 +41,8 @@ import {
 import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
 import { progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
-import type { JobProgress, JobSummary, TrainResult } from '../src/shared/summary';
+import type { AttemptRecord, JobProgress, JobSummary, TrainResult } from '../src/shared/summary';
+import { endAttempt } from './attempts';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 import type { ControlActivities } from './activityOptions';
 
@@ -70,6 +71,8 @@ export class JobState {
   /** The running train attempt, so a pause can cancel it. */
   trainScope: CancellationScope | undefined;
   attempts = 0;
+  interruptions = 0;
+  readonly attemptLog: AttemptRecord[] = [];
   readonly workers = new Set<string>();
   readonly resumedFromSteps: number[] = [];
   lastCheckpoint: CheckpointRef | null = null;
@@ -96,10 +99,36 @@ export class JobState {
     return this.phase;
   }
 
-  setPhase(p: Phase): void {
+  /** Moves to a phase; `details` replaces the Current Details line until the next report. */
+  setPhase(p: Phase, details?: string): void {
     this.phase = p;
     upsertSearchAttributes(kilnSearchAttributes({ phase: p }));
-    setCurrentDetails(this.line());
+    setCurrentDetails(details ?? this.line());
+  }
+
+  /** Opens the record of a new train attempt. */
+  beginAttempt(): AttemptRecord {
+    this.attempts += 1;
+    const rec: AttemptRecord = {
+      n: this.attempts,
+      worker: null,
+      started_at: new Date().toISOString(),
+      ended_at: null,
+      outcome: 'running',
+      cause: null,
+      resume_step: this.lastCheckpoint?.step ?? 0,
+      last_step: null,
+      steps_lost: null,
+    };
+    this.attemptLog.push(rec);
+    return rec;
+  }
+
+  /** Closes an attempt's record with what its reports showed: worker, last step, steps lost. */
+  endAttempt(rec: AttemptRecord, outcome: AttemptRecord['outcome'], cause: string | null, lastStep?: number): void {
+    const mine = this.latest && this.latest.attempt === rec.n ? this.latest : null;
+    rec.worker = mine?.workerId ?? rec.worker;
+    endAttempt(rec, outcome, cause, lastStep ?? mine?.step ?? null, outcome === 'completed' ? (lastStep ?? 0) : (this.lastCheckpoint?.step ?? 0));
   }
 
   /** The registry's answer to an approval verdict, applied to the registered version. */
@@ -265,6 +294,7 @@ export class JobState {
       ignoredMessages: this.ignoredMessages,
       lastIgnored: this.lastIgnored,
       line: this.line(),
+      attemptLog: this.attemptLog,
       summary: this.summary,
     };
   }
@@ -287,6 +317,8 @@ export class JobState {
       registry: reg ?? { version: null, stage: null, complete: null, missing_metrics: [], decision: null },
       session_info: {
         attempts: this.attempts,
+        interruptions: this.interruptions,
+        attempt_log: this.attemptLog,
         workers: [...this.workers],
         started_at: this.startedAt,
         ended_at: new Date().toISOString(),

@@ -16,6 +16,7 @@ import {
   condition,
   isCancellation,
   proxyActivities,
+  sleep,
   uuid4,
   workflowInfo,
   type WorkflowInfo,
@@ -23,11 +24,11 @@ import {
 import { gpuTaskQueue } from '../src/shared/messages';
 import { ErrorType } from '../src/shared/errors';
 import { JobSpecSchema, type JobSpec, type JobSpecInput, type PreparedJob } from '../src/shared/spec';
-import { type CheckpointRef } from '../src/shared/progress';
 import { type JobSummary, type TrainResult } from '../src/shared/summary';
 import { formatIssues } from '../src/shared/params';
 import { type Activities, controlOptions, datasetOptions, evaluateOptions, trainOptions } from './activityOptions';
 import { awaitApproval } from './approval';
+import { AttemptBudget, classify } from './attempts';
 import { JobState } from './jobState';
 
 type Proxy = ActivityInterfaceFor<Activities>;
@@ -59,7 +60,7 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
 async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJob, info: WorkflowInfo): Promise<JobSummary> {
   const gpu = proxyActivities<Activities>(trainOptions(p));
   job.setPhase('training');
-  const train = await trainWithPauses(job, gpu, spec, p);
+  const train = await trainUntilDone(job, gpu, spec, p);
   if (train.lastCheckpoint) job.lastCheckpoint = train.lastCheckpoint;
   job.validation = { ...job.validation, ...train.validation };
 
@@ -80,13 +81,14 @@ async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJo
 }
 
 /**
- * Training, with pause/resume as desired state: a pause cancels the running attempt (the trainer
- * checkpoints on SIGTERM and the slot is freed); while the job is paused it waits; once it is not,
- * a new activity starts from the pause checkpoint. Whatever the interleaving of pause and resume,
- * the job ends up in the state of the last accepted one.
+ * Training: one `train` activity per attempt, until one completes. Pause/resume is desired state: a
+ * pause cancels the running attempt (the trainer checkpoints on SIGTERM and the slot is freed); while
+ * the job is paused it waits; once it is not, a new attempt starts from the newest checkpoint.
+ * Whatever the interleaving of pause and resume, the job ends up in the state of the last accepted
+ * one. What a failed attempt costs is decided here (attempts.ts), not by an activity retry policy.
  */
-async function trainWithPauses(job: JobState, gpu: Proxy, spec: JobSpec, p: PreparedJob): Promise<TrainResult> {
-  let resumeFrom: CheckpointRef | null = null;
+async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: PreparedJob): Promise<TrainResult> {
+  const budget = new AttemptBudget(p.timeouts);
   for (;;) {
     if (job.paused) {
       job.pausedAt = new Date().toISOString();
@@ -97,29 +99,43 @@ async function trainWithPauses(job: JobState, gpu: Proxy, spec: JobSpec, p: Prep
     }
     const scope = new CancellationScope();
     job.trainScope = scope;
-    job.attempts += 1;
-    // A new token per train activity: reports from an earlier (paused, superseded) one are dropped.
+    const rec = job.beginAttempt();
+    // A new token per attempt: reports from an earlier (paused, superseded) one are dropped.
     const token = uuid4();
     job.reportToken = token;
+    const from = job.lastCheckpoint;
     try {
-      const from = resumeFrom;
       const train = await scope.run(() =>
-        gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer})${from ? ` from step ${from.step}` : ''}` }, [
-          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token },
+        gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer}) attempt ${rec.n}${from ? ` from step ${from.step}` : ''}` }, [
+          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n },
         ]),
       );
-      job.attempts += train.attempt - 1;
       job.workers.add(train.workerId);
       if (train.resumedFrom) job.resumedFromSteps.push(train.resumedFrom.step);
+      job.endAttempt(rec, 'completed', null, train.steps);
       job.trainScope = undefined;
       return train;
     } catch (err) {
       job.trainScope = undefined;
       const pausedThis = job.pauseScope === scope;
       job.pauseScope = undefined;
-      if (!(pausedThis && isCancellation(err) && !CancellationScope.current().consideredCancelled)) throw err;
-      resumeFrom = job.lastCheckpoint;
-      if (resumeFrom) job.resumedFromSteps.push(resumeFrom.step);
+      if (isCancellation(err) && (CancellationScope.current().consideredCancelled || !pausedThis)) {
+        job.endAttempt(rec, 'cancelled', 'job cancelled');
+        throw err;
+      }
+      if (pausedThis && isCancellation(err)) {
+        job.endAttempt(rec, 'paused', 'paused');
+        if (job.lastCheckpoint) job.resumedFromSteps.push(job.lastCheckpoint.step);
+        continue;
+      }
+      const c = classify(err);
+      job.endAttempt(rec, c.kind === 'interruption' ? 'interrupted' : 'failed', c.cause);
+      if (c.kind === 'fatal') throw err;
+      const progressed = (job.lastCheckpoint?.step ?? 0) > rec.resume_step;
+      const delay = budget.charge(c.kind, progressed, c.message, Date.now());
+      job.interruptions = budget.interruptions;
+      job.setPhase('training', `retrying in ${Math.round(delay / 1000)} s after attempt ${rec.n}: ${c.cause}`);
+      await sleep(delay);
     }
   }
 }

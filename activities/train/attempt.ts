@@ -23,6 +23,8 @@ export interface TrainInput {
   runId: string;
   /** Issued by the workflow for this activity; its progress reports must carry it. */
   reportToken?: string;
+  /** The workflow's attempt number (each attempt is its own activity); the activity's own otherwise. */
+  attempt?: number;
 }
 
 /** One attempt of a train activity, once it owns the work dir. */
@@ -47,7 +49,7 @@ export interface TrainAttempt {
 export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
   const p = input.prepared;
   const jobId = p.jobId;
-  const attempt = info.attempt;
+  const attempt = input.attempt ?? info.attempt;
   const workerId = deps.workerId;
   const log = deps.log.child({ jobId, model: p.spec.model, attempt, workerId });
   const t0 = Date.now();

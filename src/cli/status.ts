@@ -9,7 +9,7 @@ import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-w
 import { queryProgress } from '../client/jobs';
 import { formatDuration } from '../shared/duration';
 import type { GpuTelemetry, TrainHeartbeat } from '../shared/progress';
-import type { JobProgress } from '../shared/summary';
+import type { AttemptRecord, JobProgress } from '../shared/summary';
 import { readKilnSearchAttributes } from '../shared/searchAttributes';
 import type { JobSummary } from '../shared/summary';
 import { bool, int, jobIdArg, parseArgs } from './args';
@@ -135,6 +135,13 @@ const fmtMetrics = (m: Record<string, number>) =>
     .join(' ');
 const fmtGpu = (g: GpuTelemetry[]) => g.map((x) => `#${x.index} ${x.utilizationPct ?? '?'}% ${x.memoryUsedMiB ?? '?'}/${x.memoryTotalMiB ?? '?'} MiB`).join('  ');
 
+/** `on host:123:gpu-gpu, interrupted: worker lost (…); from step 50, reached 92, 42 steps lost` */
+export function attemptLine(a: AttemptRecord): string {
+  const end = a.outcome === 'running' ? 'running' : `${a.outcome}${a.cause && a.cause !== a.outcome ? `: ${a.cause}` : ''}`;
+  const steps = `from step ${a.resume_step}${a.last_step !== null ? `, reached ${a.last_step}` : ''}${a.steps_lost ? `, ${a.steps_lost} steps lost` : ''}`;
+  return `${a.worker ? `on ${a.worker}, ` : ''}${end}; ${steps}`;
+}
+
 function progressLines(p: JobProgress): string[] {
   const lines = [`  progress:   ${p.line}`, `  attempt:    ${p.attempt}   worker: ${p.workerId ?? '-'}   GPUs: ${p.gpuIds.join(',') || '-'}`];
   if (p.gpu?.length) lines.push(`  GPU:        ${fmtGpu(p.gpu)}`);
@@ -144,6 +151,7 @@ function progressLines(p: JobProgress): string[] {
   if (Object.keys(p.validation).length) lines.push(`  validation: ${fmtMetrics(p.validation)}`);
   if (p.cancelReason) lines.push(`  cancelled:  ${p.cancelReason}`);
   // Older runs answer without these fields.
+  for (const a of p.attemptLog ?? []) lines.push(`  attempt ${a.n}:  ${attemptLine(a)}`);
   if (p.ignoredMessages) lines.push(`  ignored:    ${p.ignoredMessages} message(s) the job dropped; last: ${p.lastIgnored}`);
   return lines;
 }

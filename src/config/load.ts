@@ -52,7 +52,7 @@ function interpolate(value: unknown, at: string, env: NodeJS.ProcessEnv, problem
 /** Checks that need more than one field: models refer to trainers and pools, params fit their trainer. */
 function crossCheck(cfg: ParsedConfig): string[] {
   const problems: string[] = [];
-  const compiled = (t: ParsedConfig['timeouts']) => ({ heartbeatMs: t.heartbeat, stallMs: t.stall, startToCloseMs: t.startToClose, cancelGraceMs: t.cancelGrace, maxAttempts: t.maxAttempts });
+  const compiled = (t: ParsedConfig['timeouts']) => ({ heartbeatMs: t.heartbeat, stallMs: t.stall, startToCloseMs: t.startToClose, cancelGraceMs: t.cancelGrace, maxAttempts: t.maxAttempts, maxInterruptions: t.maxInterruptions ?? null });
   problems.push(...timeoutProblems(compiled(cfg.timeouts)));
   for (const [modelName, m] of Object.entries(cfg.models)) {
     const at = `models.${modelName}`;

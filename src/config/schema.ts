@@ -140,8 +140,10 @@ export const TimeoutsSchema = z.strictObject({
   stall: duration('stall timeout').default(120_000),
   startToClose: duration('start-to-close timeout').default(7 * 86_400_000),
   cancelGrace: duration('cancel grace').default(10_000),
-  /** Attempts of the train activity before the job fails. */
+  /** Trainer failures (crash, non-zero exit, stall) in a row without progress before the job fails. */
   maxAttempts: z.number().int().min(1).max(100).default(5),
+  /** Interruptions (worker lost or drained, attempt superseded) before the job fails; unset: unlimited. */
+  maxInterruptions: z.number().int().min(1).max(100_000).optional(),
 });
 
 /**

@@ -108,6 +108,7 @@ function effectiveTimeouts(config: KilnConfig, spec: JobSpec): Timeouts {
     startToCloseMs: o.startToClose ?? t.startToClose,
     cancelGraceMs: o.cancelGrace ?? t.cancelGrace,
     maxAttempts: o.maxAttempts ?? t.maxAttempts,
+    maxInterruptions: o.maxInterruptions ?? t.maxInterruptions ?? null,
   };
 }
 

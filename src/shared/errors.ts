@@ -15,6 +15,16 @@ export const ErrorType = {
   WorkerConfig: 'WorkerConfig',
   /** A newer attempt of the same job owns the work dir: this one stopped itself. */
   AttemptSuperseded: 'AttemptSuperseded',
+  /** The worker running an attempt died (found by a restarted worker on its host): an interruption. */
+  WorkerLost: 'WorkerLost',
+  /** The worker running an attempt was drained (SIGTERM): an interruption. */
+  WorkerShutdown: 'WorkerShutdown',
+  /** Object storage was briefly unreachable: an interruption. */
+  StorageUnavailable: 'StorageUnavailable',
+  /** More interruptions than timeouts.maxInterruptions allows. */
+  TooManyInterruptions: 'TooManyInterruptions',
+  /** Trainer failures came faster than the thrashing window allows, progress or not. */
+  TrainerThrashing: 'TrainerThrashing',
   /** The job ended in a failure after all retries. */
   TrainingFailed: 'TrainingFailed',
   /** A dataset's version could not be found right now (its resolver failed or timed out): retryable. */

@@ -47,6 +47,7 @@ export const JobSpecSchema = z.strictObject({
       startToClose: ms.optional(),
       cancelGrace: ms.optional(),
       maxAttempts: z.number().int().min(1).max(100).optional(),
+      maxInterruptions: z.number().int().min(1).max(100_000).optional(),
     })
     .optional(),
 });
@@ -60,7 +61,10 @@ export interface Timeouts {
   stallMs: number;
   startToCloseMs: number;
   cancelGraceMs: number;
+  /** Trainer failures in a row without progress before the job fails. */
   maxAttempts: number;
+  /** Interruptions (worker lost, drained, superseded) before the job fails; null: unlimited. */
+  maxInterruptions: number | null;
 }
 
 export interface Retention {

@@ -38,7 +38,12 @@ export interface JobSummary {
     decision: string | null;
   };
   session_info: {
+    /** Train attempts run (one activity each; pauses and interruptions included). */
     attempts: number;
+    /** Attempts ended by an interruption (worker lost or drained, attempt superseded). */
+    interruptions?: number;
+    /** Every attempt: worker, how it ended, resume step and steps lost. */
+    attempt_log?: AttemptRecord[];
     workers: string[];
     started_at: string;
     ended_at: string;
@@ -48,6 +53,22 @@ export interface JobSummary {
     /** The final attempt's resume: the checkpoint step it started from and the first step it reported. */
     resume: { from_step: number; first_step: number | null } | null;
   };
+}
+
+/** One train attempt of a job, as the workflow saw it. */
+export interface AttemptRecord {
+  n: number;
+  worker: string | null;
+  started_at: string;
+  ended_at: string | null;
+  outcome: 'running' | 'completed' | 'paused' | 'interrupted' | 'failed' | 'cancelled';
+  cause: string | null;
+  /** The checkpoint step it resumed from (0: from scratch). */
+  resume_step: number;
+  /** The last step it reported. */
+  last_step: number | null;
+  /** Steps it trained that the next attempt has to redo (last step − the checkpoint resumed from). */
+  steps_lost: number | null;
 }
 
 export interface JobProgress {
@@ -75,6 +96,8 @@ export interface JobProgress {
   cancelReason: string | null;
   /** Messages the job received and dropped (malformed, refused, unknown), and the last one's reason. */
   ignoredMessages: number;
+  /** The attempts so far (the last may be running). */
+  attemptLog?: AttemptRecord[];
   lastIgnored: string | null;
   line: string;
   summary: JobSummary | null;
