@@ -3,6 +3,7 @@
 // pytest suite. Output streams as it comes; the last line is "tests: N passed, N failed".
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
@@ -41,12 +42,21 @@ if (files.length) {
   failed += num(/ℹ fail (\d+)/) + num(/ℹ cancelled (\d+)/);
   if (node.status !== 0 && failed === 0) failed = 1;
 }
-if (only.length === 0 || only.includes('python')) {
-  const py = await run('python3', ['-m', 'pytest', '-q', 'python/tests']);
+/** Runs pytest with `python` and adds its counts. */
+async function pytest(python, args) {
+  const py = await run(python, ['-m', 'pytest', '-q', ...args]);
   const count = (re) => Number(py.out.match(re)?.[1] ?? 0);
   passed += count(/(\d+) passed/);
   const pyFailed = count(/(\d+) failed/) + count(/(\d+) errors?/);
   failed += pyFailed || (py.status !== 0 ? 1 : 0);
+}
+if (only.length === 0 || only.includes('python')) await pytest('python3', ['python/tests']);
+// The real-library tests (python/tests/frameworks) need torch & co: they run with the venv .ci/run
+// installs from python/requirements-frameworks.txt, when it is there (under system python they skip).
+const venvPython = path.join(process.env.KILN_FRAMEWORKS_VENV ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'kiln', 'frameworks-venv'), 'bin', 'python');
+if (only.length === 0 || only.includes('python') || only.includes('frameworks')) {
+  if (fs.existsSync(venvPython)) await pytest(venvPython, ['-p', 'no:cacheprovider', 'python/tests/frameworks']);
+  else console.log(`frameworks: no venv at ${venvPython} (bash .ci/run installs it): real-library tests not run`);
 }
 console.log(`\nsuite took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
 console.log(`tests: ${passed} passed, ${failed} failed`);

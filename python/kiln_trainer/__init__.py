@@ -1,8 +1,9 @@
 """kiln_trainer: the trainer side of the Kiln trainer contract (docs/trainer-protocol.md).
 
-Dependency-free. ``import kiln_trainer`` never imports transformers, torch or lightning; the
-framework callbacks live in ``kiln_trainer.hf`` and ``kiln_trainer.lightning`` and import their
-framework only when those modules are imported.
+Dependency-free. ``import kiln_trainer`` never imports transformers, torch, lightning or xgboost;
+the framework integrations live in ``kiln_trainer.hf``, ``kiln_trainer.lightning``,
+``kiln_trainer.xgboost`` and ``kiln_trainer.torch`` and import their framework only when those
+modules are imported.
 
     import kiln_trainer
     from kiln_trainer import report

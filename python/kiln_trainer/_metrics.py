@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Iterable, Mapping
 
 from .report import _number
 
 _SKIP = {"epoch", "step", "global_step"}
+
+# What a trainer measures about itself rather than about the model: wall time, throughput, FLOPs,
+# memory deltas, tokens seen. ``train_loss`` is HF's mean loss over *this attempt's* steps, so it
+# differs between a resumed run and an uninterrupted one; the per-step ``loss`` is the curve.
+_NOT_QUALITY = re.compile(
+    r"(^|_)runtime$|per_second|flos|(^|_)mem_|preparation_time$|compilation_time$|tokens_seen|^train_loss$"
+)
+
+
+def is_quality(key: str) -> bool:
+    """False for runtime/throughput/FLOPs/memory keys (``eval_runtime``, ``train_samples_per_second``,
+    ``total_flos``, ``train_mem_cpu_alloc_delta``...) and HF's end-of-run ``train_loss``."""
+    return not _NOT_QUALITY.search(key)
 
 
 def numeric(values: Mapping[str, Any], skip: Iterable[str] = ()) -> Dict[str, Any]:

@@ -2,11 +2,13 @@
 is not installed, ``pytorch_lightning``).
 
     from kiln_trainer.lightning import KilnCallback
+    from kiln_trainer.torch import ResumableDataLoader
 
     ctx = kiln_trainer.context()
-    trainer = L.Trainer(max_epochs=10, callbacks=[KilnCallback(every_n_steps=500)])
-    trainer.fit(model, datamodule=dm, ckpt_path=ctx.resume_from)   # None on a fresh start
-    if kiln_trainer.should_stop():
+    trainer = L.Trainer(max_epochs=10, enable_checkpointing=False, callbacks=[KilnCallback(every_n_steps=500)])
+    trainer.fit(model, ResumableDataLoader(ds, batch_size=32, seed=0), ckpt_path=ctx.resume_from,
+                weights_only=False)                                  # None on a fresh start
+    if kiln_trainer.should_stop():    # only where Lightning returns on SIGTERM (see below)
         raise SystemExit(0)
 
 What it reports (only on global rank zero):
@@ -16,11 +18,18 @@ What it reports (only on global rank zero):
   ``epoch=trainer.current_epoch + 1`` (1-based), ``total_epochs=max_epochs``, and the numeric
   non-validation entries of ``trainer.callback_metrics`` (what ``self.log`` logged, e.g. ``loss``).
 * Checkpoints: every ``every_n_steps`` steps (if given) and after SIGTERM, the callback saves
-  ``<checkpoint_dir>/step-<N>.ckpt`` with ``trainer.save_checkpoint`` through
-  ``kiln_trainer.atomic_checkpoint`` and announces it. After SIGTERM it also sets
-  ``trainer.should_stop = True``, so ``fit`` returns. ``checkpoint_dir`` defaults to
+  ``<checkpoint_dir>/step-<N>.ckpt`` with ``trainer.save_checkpoint(tmp, weights_only=False)``
+  through ``kiln_trainer.atomic_checkpoint`` and announces it. ``checkpoint_dir`` defaults to
   ``ctx.checkpoint_dir``. Files written by Lightning's own ``ModelCheckpoint`` are not announced
   (their final path is only known after the write); use ``every_n_steps`` for Kiln-visible ones.
+* SIGTERM: Lightning 2.x chains its own handler (the kit's, installed first, still runs) and raises
+  ``SIGTERMException`` (a ``SystemExit``, status 0) after the batch in progress, so ``fit()`` does not
+  return. The callback saves in that batch's ``on_train_batch_end``, before Lightning raises, or in
+  ``on_exception`` if Lightning noticed the signal elsewhere (e.g. in validation). It sets
+  ``trainer.should_stop`` only when Lightning did not see the signal (older versions, a stop
+  requested another way): ``should_stop`` first runs a validation pass, which can outlast the grace.
+* Exact resume mid-epoch needs a train loader with ``state_dict``/``load_state_dict`` that Lightning
+  saves and restores: ``kiln_trainer.torch.ResumableDataLoader``.
 * ``on_validation_end`` and ``on_save_checkpoint`` -> ``metrics`` with ``split="validation"``: the
   numeric ``callback_metrics`` whose names start with ``val_``/``val/``/``valid_``/``validation_``,
   each kept and also aliased without the prefix (``val_acc`` -> ``acc``; the loss stays
@@ -88,9 +97,9 @@ class KilnCallback(Callback):
         path = os.path.join(self.checkpoint_dir, f"step-{step}.ckpt")
         if getattr(trainer, "is_global_zero", True):
             with atomic_checkpoint(path, step=step, **metrics) as tmp:
-                trainer.save_checkpoint(tmp)
+                trainer.save_checkpoint(tmp, weights_only=False)  # full state: resumable
         else:  # other ranks take part in the collective save; rank zero writes the file
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
         self._last_saved = step
 
     def _emit_validation(self, trainer: Any) -> None:
@@ -136,8 +145,17 @@ class KilnCallback(Callback):
         due = self.every_n_steps is not None and step > 0 and step % self.every_n_steps == 0
         if (stop or due) and step > 0 and step != self._last_saved:
             self._save(trainer, step, metrics)
-        if stop:
+        if stop and not getattr(trainer, "received_sigterm", False):
+            # Lightning >= 2.x saw the SIGTERM too and ends fit() itself (SIGTERMException, exit 0)
+            # right after this batch; only without that (a stop requested another way) ask it to stop.
             trainer.should_stop = True
+
+    def on_exception(self, trainer, pl_module, exception):
+        # Lightning raises SIGTERMException (a SystemExit) wherever it notices the signal, e.g. in
+        # validation after this step's on_train_batch_end had run: save the step it stopped at.
+        step = int(getattr(trainer, "global_step", 0))
+        if isinstance(exception, SystemExit) and should_stop() and step > 0 and step != self._last_saved:
+            self._save(trainer, step, self._metrics(trainer))
 
     def on_validation_end(self, trainer, pl_module):
         self._emit_validation(trainer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -94,3 +95,53 @@ def test_without_step_nothing_is_announced(events_pipe, tmp_path):
             f.write("{}")
     assert (tmp_path / "model.json").read_text() == "{}"
     assert events_pipe() == []
+
+
+def test_temp_name_keeps_the_suffix_last(events_pipe, tmp_path):
+    seen = []
+    with atomic_checkpoint(tmp_path / "round-10.json", step=10) as tmp:
+        seen.append(os.path.basename(tmp))
+        with open(tmp, "w") as f:
+            f.write("{}")
+    with atomic_checkpoint(tmp_path / "checkpoint-4", step=4) as tmp:  # a directory: no suffix
+        seen.append(os.path.basename(tmp))
+        os.makedirs(tmp)
+    assert re.fullmatch(rf"\.round-10\.tmp-{os.getpid()}-[0-9a-f]{{8}}\.json", seen[0]), seen[0]
+    assert re.fullmatch(rf"\.checkpoint-4\.tmp-{os.getpid()}-[0-9a-f]{{8}}", seen[1]), seen[1]
+    assert _listing(tmp_path) == ["checkpoint-4", "round-10.json"]
+
+
+def _save_like_numpy(path, data):
+    """np.save's naming rule: ``.npy`` is appended unless the path already ends with it."""
+    path = str(path)
+    if not path.endswith(".npy"):
+        path += ".npy"
+    with open(path, "w") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("name", ["step-3.npy", "step-3.ckpt", "step-3"])
+def test_writer_that_appends_a_suffix(events_pipe, tmp_path, name):
+    final = tmp_path / name
+    with atomic_checkpoint(final, step=3) as tmp:
+        _save_like_numpy(tmp, "weights")
+    assert final.read_text() == "weights"
+    assert _listing(tmp_path) == [name]
+    assert [e["path"] for e in events_pipe()] == [str(final)]
+
+
+def test_appended_suffix_is_removed_on_failure(events_pipe, tmp_path):
+    with pytest.raises(ValueError):
+        with atomic_checkpoint(tmp_path / "step-3.ckpt", step=3) as tmp:
+            _save_like_numpy(tmp, "half")
+            raise ValueError("torn")
+    assert _listing(tmp_path) == [] and events_pipe() == []
+
+
+def test_real_numpy_save_and_load(events_pipe, tmp_path):
+    np = pytest.importorskip("numpy")
+    for name in ("w-1.npy", "w-2.ckpt"):
+        with atomic_checkpoint(tmp_path / name, step=1) as tmp:
+            np.save(tmp, np.arange(4))
+        assert np.load(tmp_path / name).tolist() == [0, 1, 2, 3]
+    assert _listing(tmp_path) == ["w-1.npy", "w-2.ckpt"]

@@ -96,15 +96,50 @@ def test_on_save_announces_the_checkpoint_dir(hf, events_pipe, tmp_path):
                               "path": str(tmp_path / "checkpoints" / "checkpoint-40"), "metrics": {"loss": 0.25}}]
 
 
-def test_on_evaluate_reports_validation_metrics_in_both_forms(hf, events_pipe, tmp_path):
+def test_on_evaluate_reports_quality_metrics_once_under_the_users_names(hf, events_pipe, tmp_path):
     cb = hf.KilnCallback()
     args, state, control = make(tmp_path)
-    cb.on_evaluate(args, state, control, metrics={"eval_loss": 0.3, "eval_accuracy": 0.9, "eval_runtime": 1.5,
-                                                  "epoch": 1.0})
+    # what Trainer.evaluate hands on_evaluate in transformers 5 (plus compute_metrics' accuracy)
+    cb.on_evaluate(args, state, control, metrics={
+        "eval_loss": 0.3, "eval_accuracy": 0.9, "eval_runtime": 1.5, "eval_samples_per_second": 120.0,
+        "eval_steps_per_second": 15.0, "eval_model_preparation_time": 0.01, "eval_mem_cpu_alloc_delta": 4096,
+        "epoch": 1.0})
     (event,) = events_pipe()
-    assert event["type"] == "metrics" and event["split"] == "validation"
-    assert event["values"] == {"eval_loss": 0.3, "val_loss": 0.3, "eval_accuracy": 0.9, "accuracy": 0.9,
-                               "eval_runtime": 1.5, "runtime": 1.5}
+    assert event == {"type": "metrics", "split": "validation", "values": {"val_loss": 0.3, "accuracy": 0.9}}
+
+
+def test_on_evaluate_with_only_runtime_keys_sends_nothing(hf, events_pipe, tmp_path):
+    cb = hf.KilnCallback()
+    args, state, control = make(tmp_path)
+    cb.on_evaluate(args, state, control, metrics={"eval_runtime": 1.5, "eval_steps_per_second": 15.0, "epoch": 1.0})
+    assert events_pipe() == []
+
+
+def test_end_of_training_summary_adds_no_progress_metrics(hf, events_pipe, tmp_path):
+    cb = hf.KilnCallback()
+    args, state, control = make(tmp_path, step=40)
+    state.epoch = 4.6875
+    cb.on_log(args, state, control, logs={"loss": 0.25, "grad_norm": 0.5, "learning_rate": 1e-4, "epoch": 4.6875})
+    cb.on_log(args, state, control, logs={"train_runtime": 12.5, "train_samples_per_second": 51.2,
+                                          "train_steps_per_second": 3.2, "total_flos": 1.5e12, "train_loss": 0.7,
+                                          "epoch": 4.6875})
+    first, summary = events_pipe()
+    assert first["metrics"] == {"loss": 0.25, "grad_norm": 0.5, "learning_rate": 1e-4}
+    assert first["epoch"] == 5 and isinstance(first["epoch"], int)  # epoch 5/7 in progress, not 4.6875/7
+    assert summary["metrics"] == {}
+    # the checkpoint carries the last training metrics, not the summary
+    (tmp_path / "checkpoints" / "checkpoint-40").mkdir(parents=True)
+    cb.on_save(args, state, control)
+    assert events_pipe()[0]["metrics"] == {"loss": 0.25, "grad_norm": 0.5, "learning_rate": 1e-4}
+
+
+@pytest.mark.parametrize("epoch, shown", [(0.03125, 1), (1.0, 1), (1.0000001, 1), (1.5, 2), (3.0, 3)])
+def test_epoch_is_the_one_in_progress(hf, events_pipe, tmp_path, epoch, shown):
+    cb = hf.KilnCallback()
+    args, state, control = make(tmp_path)
+    state.epoch = epoch
+    cb.on_log(args, state, control, logs={"loss": 1.0})
+    assert events_pipe()[0]["epoch"] == shown
 
 
 def test_other_ranks_report_nothing(hf, events_pipe, tmp_path):

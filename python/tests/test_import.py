@@ -12,7 +12,7 @@ def test_import_does_not_load_frameworks(run_py):
         import sys
         import kiln_trainer, kiln_trainer.report
         ctx = kiln_trainer.context(install_signal_handler=False, start_guard=False)
-        heavy = sorted(m for m in ("transformers", "torch", "lightning", "pytorch_lightning", "numpy")
+        heavy = sorted(m for m in ("transformers", "torch", "lightning", "pytorch_lightning", "numpy", "xgboost")
                        if m in sys.modules)
         print(heavy)
     """)

@@ -31,6 +31,7 @@ class Callback:  # documented hooks, all no-ops
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): pass
     def on_validation_end(self, trainer, pl_module): pass
     def on_save_checkpoint(self, trainer, pl_module, checkpoint): pass
+    def on_exception(self, trainer, pl_module, exception): pass
 
 
 class Tensor:  # what callback_metrics holds: 0-d tensors with .item()
@@ -52,10 +53,13 @@ class FakeTrainer:
         self.is_global_zero = world_zero
         self.sanity_checking = False
         self.should_stop = False
+        self.received_sigterm = False  # Lightning >= 2's own SIGTERM flag
         self.saved = []
+        self.weights_only = []
 
-    def save_checkpoint(self, path):
+    def save_checkpoint(self, path, weights_only=None):
         self.saved.append(path)
+        self.weights_only.append(weights_only)
         with open(path, "w") as f:
             f.write(f"step {self.global_step}")
 
@@ -145,6 +149,7 @@ def test_periodic_checkpoints_are_atomic_and_announced(pl, events_pipe, tmp_path
     assert all(os.path.basename(p).startswith(".step-") for p in trainer.saved)
     assert sorted(os.listdir(tmp_path / "ck")) == ["step-3.ckpt", "step-6.ckpt"]
     assert (tmp_path / "ck" / "step-6.ckpt").read_text() == "step 6"
+    assert trainer.weights_only == [False, False]  # set, so Lightning logs no "weights_only was not set"
 
 
 def test_sigterm_saves_announces_and_stops(pl, events_pipe, tmp_path, no_signal_install):
@@ -181,7 +186,7 @@ def test_validation_metrics(pl, events_pipe, tmp_path):
 def test_other_ranks_report_nothing(pl, events_pipe, tmp_path, no_signal_install):
     cb = pl.KilnCallback(every_n_steps=1, checkpoint_dir=str(tmp_path))
     trainer = FakeTrainer(world_zero=False)
-    trainer.save_checkpoint = lambda path: trainer.saved.append(path)  # non-zero ranks write nothing
+    trainer.save_checkpoint = lambda path, weights_only=None: trainer.saved.append(path)  # non-zero ranks write nothing
     cb.on_train_start(trainer, None)
     run_steps(cb, trainer, 2)
     trainer.callback_metrics = {"val_loss": Tensor(0.1)}
@@ -193,3 +198,39 @@ def test_other_ranks_report_nothing(pl, events_pipe, tmp_path, no_signal_install
 def test_invalid_every_n_steps(pl):
     with pytest.raises(ValueError):
         pl.KilnCallback(every_n_steps=0)
+
+
+def test_sigterm_seen_by_lightning_saves_without_asking_for_a_stop(pl, events_pipe, tmp_path, no_signal_install):
+    """Lightning 2.x chains its own SIGTERM handler and raises SIGTERMException after this batch: the
+    callback saves first, and does not set should_stop (that would start an extra validation pass)."""
+    cb = pl.KilnCallback(checkpoint_dir=str(tmp_path))
+    trainer = FakeTrainer()
+    cb.on_train_start(trainer, None)
+    run_steps(cb, trainer, 3)
+    no_signal_install._request_stop()
+    trainer.received_sigterm = True
+    run_steps(cb, trainer, 1)
+    assert trainer.should_stop is False
+    checkpoints = [(e["step"], e["path"]) for e in events_pipe() if e["type"] == "checkpoint"]
+    assert checkpoints == [(4, str(tmp_path / "step-4.ckpt"))]
+
+
+class SIGTERMException(SystemExit):  # lightning.pytorch.utilities.exceptions.SIGTERMException
+    pass
+
+
+def test_sigterm_noticed_elsewhere_saves_in_on_exception(pl, events_pipe, tmp_path, no_signal_install):
+    """SIGTERM after this step's on_train_batch_end (e.g. during validation): Lightning raises from
+    where it is; on_exception saves the step it stopped at, once."""
+    cb = pl.KilnCallback(every_n_steps=2, checkpoint_dir=str(tmp_path))
+    trainer = FakeTrainer()
+    cb.on_train_start(trainer, None)
+    run_steps(cb, trainer, 3)
+    cb.on_exception(trainer, None, SIGTERMException())  # no SIGTERM seen by the kit: not a stop
+    assert [e["step"] for e in events_pipe() if e["type"] == "checkpoint"] == [2]
+    no_signal_install._request_stop()
+    cb.on_exception(trainer, None, RuntimeError("a crash is not a stop"))
+    cb.on_exception(trainer, None, SIGTERMException())
+    cb.on_exception(trainer, None, SIGTERMException())
+    assert [e["step"] for e in events_pipe() if e["type"] == "checkpoint"] == [3]
+    assert sorted(os.listdir(tmp_path)) == ["step-2.ckpt", "step-3.ckpt"]
