@@ -17,7 +17,14 @@ import type { Timeouts } from '../src/shared/spec';
 import type { AttemptRecord } from '../src/shared/summary';
 
 /** Failure types that mean "the attempt was interrupted", not "the trainer failed". */
-export const INTERRUPTION_TYPES: readonly string[] = [ErrorType.AttemptSuperseded, ErrorType.WorkerLost, ErrorType.WorkerShutdown, ErrorType.StorageUnavailable];
+export const INTERRUPTION_TYPES: readonly string[] = [
+  ErrorType.AttemptSuperseded,
+  ErrorType.WorkerLost,
+  ErrorType.WorkerShutdown,
+  ErrorType.StorageUnavailable,
+  // What the SDK reports for an activity cancelled by its own worker's shutdown.
+  'CancelledFailure',
+];
 
 const BACKOFF_INITIAL_MS = 1000;
 const BACKOFF_MAX_MS = 30_000;

@@ -119,11 +119,13 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
       job.trainScope = undefined;
       const pausedThis = job.pauseScope === scope;
       job.pauseScope = undefined;
-      if (isCancellation(err) && (CancellationScope.current().consideredCancelled || !pausedThis)) {
+      // Only a cancellation this workflow asked for is one: a worker drained under the attempt also
+      // ends it with a cancellation, and that is an interruption.
+      if (CancellationScope.current().consideredCancelled) {
         job.endAttempt(rec, 'cancelled', 'job cancelled');
         throw err;
       }
-      if (pausedThis && isCancellation(err)) {
+      if (pausedThis && scope.consideredCancelled && isCancellation(err)) {
         job.endAttempt(rec, 'paused', 'paused');
         if (job.lastCheckpoint) job.resumedFromSteps.push(job.lastCheckpoint.step);
         continue;
