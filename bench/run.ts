@@ -15,6 +15,10 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
     what: 'Schedules (issue 4): schedule fire → trainer started, and trigger storms deduped to one training',
     usage: '[--fires 12] [--warmup 1] [--storms 3] [--storm-size 100] [--no-write] [--json FILE]',
   },
+  datasets: {
+    what: 'Dataset versions (issue 13): metadata need-check on a large sparse dataset, content hashing throughput and event-loop delay',
+    usage: '[--gib 100] [--files 100] [--content-gib 3] [--runs 5] [--no-write]',
+  },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',
     usage: '[--jobs 200] [--runs 10] [--workers 2] [--slots 4] [--steps 5] [--json FILE] [--from-json FILE] [--no-write]',

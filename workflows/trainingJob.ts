@@ -24,6 +24,7 @@ import {
 import { gpuTaskQueue } from '../src/shared/messages';
 import { ErrorType } from '../src/shared/errors';
 import { JobSpecSchema, type JobSpec, type JobSpecInput, type PreparedJob } from '../src/shared/spec';
+import type { CheckpointRef } from '../src/shared/progress';
 import { type JobSummary, type TrainResult } from '../src/shared/summary';
 import { formatIssues } from '../src/shared/params';
 import { type Activities, controlOptions, datasetOptions, evaluateOptions, trainOptions } from './activityOptions';
@@ -89,6 +90,9 @@ async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJo
  */
 async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: PreparedJob): Promise<TrainResult> {
   const budget = new AttemptBudget(p.timeouts);
+  // The checkpoint a pause saved: handed to every later attempt (which keeps it pinned). Otherwise an
+  // attempt resumes from the newest checkpoint in the job's manifest.
+  let pauseCheckpoint: CheckpointRef | null = null;
   for (;;) {
     if (job.paused) {
       job.pausedAt = new Date().toISOString();
@@ -103,10 +107,10 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
     // A new token per attempt: reports from an earlier (paused, superseded) one are dropped.
     const token = uuid4();
     job.reportToken = token;
-    const from = job.lastCheckpoint;
+    const from = pauseCheckpoint;
     try {
       const train = await scope.run(() =>
-        gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer}) attempt ${rec.n}${from ? ` from step ${from.step}` : ''}` }, [
+        gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer}) attempt ${rec.n}${rec.resume_step ? ` from step ${rec.resume_step}` : ''}` }, [
           { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n },
         ]),
       );
@@ -127,7 +131,8 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
       }
       if (pausedThis && scope.consideredCancelled && isCancellation(err)) {
         job.endAttempt(rec, 'paused', 'paused');
-        if (job.lastCheckpoint) job.resumedFromSteps.push(job.lastCheckpoint.step);
+        pauseCheckpoint = job.lastCheckpoint;
+        if (pauseCheckpoint) job.resumedFromSteps.push(pauseCheckpoint.step);
         continue;
       }
       const c = classify(err);
