@@ -177,6 +177,24 @@ describe('docs/operations.md: every documented Temporal CLI command, run against
     assert.deepEqual(sum.session_info.resumed_from_steps.length > 0, true, 'the resume started from the pause checkpoint');
   });
 
+  test('steer with Updates: pause, resume and cancel answer with the phase and reason', async () => {
+    const h = await env.submit('spirals', { params: LONG });
+    const job = h.workflowId;
+    await training(job);
+    const p = await runDoc('update-pause', { JOB: job });
+    assert.match(p, /pausing: the trainer checkpoints and frees its GPU/);
+    assert.match(p, /"phase":\s*"paused"/);
+    await waitFor(async () => (await phase(job)) === 'paused', 30_000, 'paused');
+    const pausedAt = (await h.query(progressQuery)).step;
+    const r = await runDoc('update-resume', { JOB: job });
+    assert.match(r, /resuming from step \d+/);
+    await waitFor(async () => (await phase(job)) === 'training' && (await h.query(progressQuery)).step > pausedAt, 30_000, 'training again past the pause step');
+    const c = await runDoc('update-cancel', { JOB: job });
+    assert.match(c, /cancelling: done looking/);
+    await assert.rejects(h.result(), WorkflowFailedError);
+    assert.equal((await summaryOf(job)).session_info.cancellation_reason, 'done looking');
+  });
+
   test('native cancel', async () => {
     const h = await env.submit('spirals', { params: LONG });
     await training(h.workflowId);
