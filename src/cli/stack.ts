@@ -47,7 +47,9 @@ export const stackVerbs: Record<string, Verb> = {
 
 Starts \`temporal server start-dev\` (SQLite under the state folder, Web UI on dev.uiPort), registers
 Kiln's search attributes, starts the control worker and one worker per GPU pool, and restarts any
-worker that dies. With server.address / TEMPORAL_ADDRESS set, starts no server and uses that cluster.
+worker (or the dev server) that dies. With server.address / TEMPORAL_ADDRESS set, starts no server and
+uses that cluster. One \`kiln dev\` per state folder: a second one is refused, naming the first. What it
+starts stops with it, even when it is SIGKILLed.
 
 Examples:
   kiln dev                       # stack only; Ctrl-C stops it

@@ -1,8 +1,10 @@
 /**
  * `kiln dev`: the whole stack on one machine. Starts the Temporal dev server (persistent SQLite,
  * Web UI, Kiln's search attributes) unless server.address points at a cluster, starts and supervises
- * the workers (a dead one is restarted with backoff: seed 004's daemon stayed dead for 30 hours),
- * and on Ctrl-C / SIGTERM drains the workers, then stops the server. No process is left behind.
+ * the workers and the server (a dead one is restarted with backoff: seed 004's daemon stayed dead for
+ * 30 hours), and on Ctrl-C / SIGTERM drains the workers, then stops the server. It owns what it starts:
+ * one `kiln dev` per state folder (lock.ts), the server dies with it even on SIGKILL, and an orphaned
+ * server of a dead `kiln dev` is stopped (server.ts). No process is left behind.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,8 +13,11 @@ import type { Logger } from '../logger';
 import { syncSchedules, syncSummary } from '../client/schedules';
 import { resolveTemporalBinary } from '../temporal/binary';
 import { connectClient, serverAddress } from '../temporal/connect';
-import { startDevServer, type DevServer } from '../temporal/devServer';
+import { devUiUrl } from '../temporal/devServer';
 import { ensureSearchAttributes } from '../temporal/registerSearchAttributes';
+import { processStartTime } from '../supervisor/proc';
+import { StateLock } from './lock';
+import { removeDevRecord, ServerKeeper, stopOrphanServer, writeDevRecord } from './server';
 import { WorkerSupervisor, type WorkerSpec } from './supervise';
 
 export interface DevOptions {
@@ -27,35 +32,53 @@ export interface DevOptions {
 }
 
 interface ServerInfo {
-  /** Set when this process started the server (and so stops it). */
-  server: DevServer | undefined;
+  /** Set when this process runs the server (and so stops and restarts it). */
+  server: ServerKeeper | undefined;
   address: string;
   uiUrl: string | undefined;
 }
 
-const devPidfile = (config: KilnConfig) => path.join(config.home, 'run', 'dev.json');
+const dbFileOf = (config: KilnConfig) => path.resolve(config.home, config.dev.dbFile);
+
+/** The address and UI `kiln dev` will serve, known before anything starts (for the lock's holder note). */
+function plannedAddress(config: KilnConfig): { address: string; uiUrl?: string } {
+  if (config.server.address) return { address: serverAddress(config) };
+  return { address: `${config.dev.ip}:${config.dev.port}`, uiUrl: devUiUrl(config.dev.ip, config.dev.uiPort) };
+}
 
 /** The local dev server, or none when server.address names a cluster. */
-async function startServer(config: KilnConfig, log: Logger): Promise<ServerInfo> {
+async function startServer(config: KilnConfig, log: Logger, keeper: (k: ServerKeeper) => void, stopping: () => boolean): Promise<ServerInfo> {
   const address = serverAddress(config);
   if (config.server.address) {
     log.info({ address }, 'using existing Temporal cluster (no local server started)');
+    writeDevRecord(config.home, { pid: process.pid, pidStart: processStartTime(process.pid), serverPid: null, serverStart: null, dbFile: null, address });
     return { server: undefined, address, uiUrl: undefined };
   }
   const bin = resolveTemporalBinary({ cacheDir: path.join(config.home, 'bin'), log: (m) => log.info(m) });
   log.info({ version: bin.version, path: bin.path, route: bin.route }, 'Temporal CLI');
-  const server = await startDevServer({
+  const dbFile = dbFileOf(config);
+  await stopOrphanServer(config.home, dbFile, log);
+  const opts = {
     binary: bin.path,
-    dbFile: path.resolve(config.home, config.dev.dbFile),
+    dbFile,
     ip: config.dev.ip,
     port: config.dev.port,
     uiPort: config.dev.uiPort,
     metricsPort: config.dev.metricsPort,
     namespace: config.server.namespace,
     logFile: path.join(config.home, 'logs', 'temporal-server.log'),
-  });
-  log.info({ address: server.address, db: path.resolve(config.home, config.dev.dbFile) }, 'Temporal dev server started');
-  return { server, address: server.address, uiUrl: server.uiUrl };
+  };
+  const { uiUrl } = plannedAddress(config);
+  // Recorded the moment it exists: a kiln dev killed before the server is ready still leaves its pid.
+  const record = (serverPid: number) =>
+    writeDevRecord(config.home, { pid: process.pid, pidStart: processStartTime(process.pid), serverPid, serverStart: processStartTime(serverPid), dbFile, address: `${opts.ip}:${opts.port}`, uiUrl });
+  const k = new ServerKeeper(opts, log, record);
+  keeper(k);
+  if (stopping()) throw new Error('stopped during startup');
+  const server = await k.start();
+  log.info({ address: server.address, db: dbFile, pid: server.pid, guarded: server.guarded }, 'Temporal dev server started');
+  if (!server.guarded) log.warn('setpriv --pdeathsig is not available: the dev server would outlive a SIGKILLed kiln dev (the next kiln dev stops it)');
+  return { server: k, address: server.address, uiUrl: server.uiUrl };
 }
 
 /** Search attributes, then the retrain schedules; a failed sync is logged, not fatal. */
@@ -93,19 +116,65 @@ function printBanner(config: KilnConfig, s: ServerInfo): void {
   process.stdout.write(lines.filter((l) => l !== '').join('\n') + '\n');
 }
 
-/** Brings the stack up; `stack.server` is set as soon as a server runs, so a failed startup can stop it. */
-async function startStack(o: DevOptions, stack: { server?: DevServer }, workers: WorkerSupervisor): Promise<ServerInfo> {
-  const { config, log } = o;
-  const s = await startServer(config, log);
-  stack.server = s.server;
-  await prepareNamespace(config, log, s.address);
-  fs.mkdirSync(path.join(config.home, 'run'), { recursive: true });
-  fs.writeFileSync(devPidfile(config), JSON.stringify({ pid: process.pid, serverPid: s.server?.pid ?? null, address: s.address, uiUrl: s.uiUrl }));
-  const env: NodeJS.ProcessEnv = { ...process.env, ...o.workerEnv, KILN_CONFIG: config.file, KILN_HOME: config.home, TEMPORAL_ADDRESS: s.address, KILN_PARENT_PID: String(process.pid) };
-  workers.start(workerSpecs(config), env);
-  log.info({ workers: workers.pids() }, 'workers started');
-  printBanner(config, s);
-  return s;
+/**
+ * One `kiln dev`: startup steps that each check `stopping` first, and a shutdown that may arrive at any
+ * moment (Ctrl-C during startup): it halts the server start at once, waits for the startup step in
+ * flight, then stops whatever was started, in reverse order.
+ */
+class DevStack {
+  private stopping = false;
+  private lock: StateLock | undefined;
+  private server: ServerKeeper | undefined;
+  private readonly workers: WorkerSupervisor;
+  private startup: Promise<ServerInfo | null> | undefined;
+  private resolveStopped!: () => void;
+  readonly stopped = new Promise<void>((r) => (this.resolveStopped = r));
+
+  constructor(private readonly o: DevOptions) {
+    this.workers = new WorkerSupervisor(o.log);
+  }
+
+  /** The stack, or null when a shutdown came first. */
+  start(): Promise<ServerInfo | null> {
+    this.startup = this.startSteps().catch((err: unknown) => {
+      if (this.stopping) return null;
+      throw err;
+    });
+    return this.startup;
+  }
+
+  private async startSteps(): Promise<ServerInfo | null> {
+    const { config, log } = this.o;
+    fs.mkdirSync(config.home, { recursive: true });
+    this.lock = await StateLock.acquire(config.home, plannedAddress(config), log);
+    if (this.stopping) return null;
+    const s = await startServer(config, log, (k) => (this.server = k), () => this.stopping);
+    if (this.stopping) return null;
+    await prepareNamespace(config, log, s.address);
+    if (this.stopping) return null;
+    const env: NodeJS.ProcessEnv = { ...process.env, ...this.o.workerEnv, KILN_CONFIG: config.file, KILN_HOME: config.home, TEMPORAL_ADDRESS: s.address, KILN_PARENT_PID: String(process.pid) };
+    this.workers.start(workerSpecs(config), env);
+    log.info({ workers: this.workers.pids(), lockPid: this.lock.pid }, 'workers started');
+    printBanner(config, s);
+    return s;
+  }
+
+  shutdown = async (why: string): Promise<void> => {
+    if (this.stopping) return this.stopped;
+    this.stopping = true;
+    const { config, log } = this.o;
+    this.server?.halt();
+    await this.startup?.catch(() => undefined);
+    if (this.lock) {
+      log.info({ why }, 'shutting down: draining workers, then the server');
+      await this.workers.stop(config.timeouts.cancelGrace + 15_000);
+      log.info('workers stopped');
+      if (await this.server?.stop(10_000)) log.info('Temporal dev server stopped');
+      removeDevRecord(config.home);
+      await this.lock.release();
+    }
+    this.resolveStopped();
+  };
 }
 
 /** Runs the demo (or any onReady); a failure sets exit code 1. With exitAfterReady, then shuts down. */
@@ -122,37 +191,16 @@ async function runReady(o: DevOptions, s: ServerInfo, shutdown: (why: string) =>
 }
 
 export async function runDev(o: DevOptions): Promise<void> {
-  const { config, log } = o;
-  fs.mkdirSync(config.home, { recursive: true });
-  const stack: { server?: DevServer } = {};
-  const workers = new WorkerSupervisor(log);
-  let stopping = false;
-  let resolveStopped!: () => void;
-  const stopped = new Promise<void>((r) => (resolveStopped = r));
-
-  const shutdown = async (why: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ why }, 'shutting down: draining workers, then the server');
-    await workers.stop(config.timeouts.cancelGrace + 15_000);
-    log.info('workers stopped');
-    if (stack.server) {
-      await stack.server.stop(10_000);
-      log.info('Temporal dev server stopped');
-    }
-    fs.rmSync(devPidfile(config), { force: true });
-    resolveStopped();
-  };
-  const onSignal = (sig: NodeJS.Signals) => void shutdown(sig);
+  const dev = new DevStack(o);
+  const onSignal = (sig: NodeJS.Signals) => void dev.shutdown(sig);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-
   try {
-    const s = await startStack(o, stack, workers);
-    await runReady(o, s, shutdown);
-    await stopped;
+    const s = await dev.start();
+    if (s) await runReady(o, s, dev.shutdown);
+    await dev.stopped;
   } catch (err) {
-    await shutdown('startup failed');
+    await dev.shutdown('startup failed');
     throw err;
   } finally {
     process.off('SIGINT', onSignal);

@@ -6,13 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import type { Logger } from '../logger';
 import { stopProcessGroup } from '../temporal/devServer';
+import { RestartBackoff } from './backoff';
 
 const KILN_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'kiln');
-
-/** Restart delay after a crash: doubles with each quick crash, at most this. */
-const MAX_RESTART_DELAY_MS = 30_000;
-/** A worker that ran this long was healthy: its next crash starts the backoff over. */
-const HEALTHY_AFTER_MS = 60_000;
 
 export interface WorkerSpec {
   name: string;
@@ -22,7 +18,7 @@ export interface WorkerSpec {
 
 interface Supervised extends WorkerSpec {
   child: ChildProcess | null;
-  restarts: number;
+  backoff: RestartBackoff;
   startedAt: number;
   timer: NodeJS.Timeout | null;
 }
@@ -36,7 +32,7 @@ export class WorkerSupervisor {
 
   start(specs: WorkerSpec[], env: NodeJS.ProcessEnv): void {
     this.env = env;
-    for (const s of specs) this.workers.push({ ...s, child: null, restarts: 0, startedAt: 0, timer: null });
+    for (const s of specs) this.workers.push({ ...s, child: null, backoff: new RestartBackoff(), startedAt: 0, timer: null });
     for (const w of this.workers) this.spawn(w);
   }
 
@@ -59,10 +55,8 @@ export class WorkerSupervisor {
     child.once('exit', (code, signal) => {
       w.child = null;
       if (this.stopping) return;
-      if (Date.now() - w.startedAt > HEALTHY_AFTER_MS) w.restarts = 0;
-      const delay = Math.min(MAX_RESTART_DELAY_MS, 1000 * 2 ** w.restarts);
-      w.restarts += 1;
-      this.log.error({ worker: w.name, code, signal, restartInMs: delay, restarts: w.restarts }, 'worker died; restarting');
+      const { delayMs: delay, restarts } = w.backoff.next(Date.now() - w.startedAt);
+      this.log.error({ worker: w.name, code, signal, restartInMs: delay, restarts }, 'worker died; restarting');
       w.timer = setTimeout(() => {
         w.timer = null;
         if (!this.stopping) this.spawn(w);

@@ -2,7 +2,7 @@
  * Runs `temporal server start-dev` with a persistent SQLite file, the Web UI, and Kiln's search
  * attributes, and stops it cleanly (SIGTERM to its process group, SIGKILL after a grace period).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -21,6 +21,12 @@ export interface DevServerOptions {
   /** Server stdout/stderr go here. */
   logFile: string;
   headless?: boolean;
+  /** The server gets SIGTERM when the process that started it dies, even by SIGKILL (Linux). */
+  dieWithParent?: boolean;
+  /** Called as soon as the server process exists, before it is ready (so a caller can record it). */
+  onSpawn?: (pid: number) => void;
+  /** Aborting stops a server that is still starting; startDevServer then rejects. */
+  signal?: AbortSignal;
 }
 
 export interface DevServer {
@@ -28,7 +34,20 @@ export interface DevServer {
   readonly uiUrl: string | undefined;
   readonly pid: number;
   readonly process: ChildProcess;
+  /** True when it runs under the parent-death guard. */
+  readonly guarded: boolean;
   stop(graceMs?: number): Promise<void>;
+}
+
+let pdeathsig: boolean | undefined;
+/**
+ * util-linux `setpriv --pdeathsig` sets prctl(PR_SET_PDEATHSIG) and execs the server, so the pid stays
+ * the server's. The kernel sends the signal when the spawning thread dies (libuv spawns from the main
+ * thread), whatever killed it. Absent (not Linux, no util-linux): the server runs unguarded.
+ */
+export function parentDeathGuardAvailable(): boolean {
+  pdeathsig ??= spawnSync('setpriv', ['--pdeathsig', 'TERM', 'true'], { stdio: 'ignore', timeout: 5000 }).status === 0;
+  return pdeathsig;
 }
 
 export function portInUse(ip: string, port: number): Promise<boolean> {
@@ -96,6 +115,8 @@ export async function stopProcessGroup(child: ChildProcess, graceMs: number): Pr
   clearTimeout(timer);
 }
 
+export const devUiUrl = (ip: string, uiPort: number) => `http://${ip === '0.0.0.0' ? 'localhost' : ip}:${uiPort}`;
+
 export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
   if (await portInUse(o.ip, o.port)) {
     throw new Error(
@@ -118,22 +139,32 @@ export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
   else args.push('--ui-port', String(o.uiPort));
   if (o.metricsPort) args.push('--metrics-port', String(o.metricsPort));
   const log = fs.openSync(o.logFile, 'a');
+  const guarded = o.dieWithParent === true && parentDeathGuardAvailable();
+  const [cmd, ...argv] = guarded ? ['setpriv', '--pdeathsig', 'TERM', o.binary, ...args] : [o.binary, ...args];
   // Own process group, so stop() reaches the server and anything it forks.
-  const child = spawn(o.binary, args, { stdio: ['ignore', log, log], detached: true });
+  const child = spawn(cmd!, argv, { stdio: ['ignore', log, log], detached: true });
   fs.closeSync(log);
+  const abort = () => void stopProcessGroup(child, 2000);
+  o.signal?.addEventListener('abort', abort, { once: true });
+  if (child.pid) o.onSpawn?.(child.pid);
   const address = `${o.ip}:${o.port}`;
   try {
+    if (o.signal?.aborted) abort();
     await waitForServer(address, o.namespace, 60_000, () => child.exitCode === null && child.signalCode === null);
   } catch (err) {
     await stopProcessGroup(child, 2000);
+    if (o.signal?.aborted) throw new Error('the Temporal dev server was stopped during startup');
     const tailText = fs.existsSync(o.logFile) ? fs.readFileSync(o.logFile, 'utf8').split('\n').slice(-15).join('\n') : '';
     throw new Error(`${(err as Error).message}\n--- ${o.logFile} (tail) ---\n${tailText}`);
+  } finally {
+    o.signal?.removeEventListener('abort', abort);
   }
   return {
     address,
-    uiUrl: o.headless ? undefined : `http://${o.ip === '0.0.0.0' ? 'localhost' : o.ip}:${o.uiPort}`,
+    uiUrl: o.headless ? undefined : devUiUrl(o.ip, o.uiPort),
     pid: child.pid!,
     process: child,
+    guarded,
     stop: (graceMs = 10_000) => stopProcessGroup(child, graceMs),
   };
 }
