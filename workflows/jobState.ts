@@ -40,7 +40,7 @@ import {
 } from '../src/shared/control';
 import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
-import { progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
+import { CheckpointRefSchema, progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
 import type { AttemptRecord, JobProgress, JobSummary, TrainResult } from '../src/shared/summary';
 import { endAttempt } from './attempts';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
@@ -106,6 +106,18 @@ export class JobState {
     setCurrentDetails(details ?? this.line());
   }
 
+  /**
+   * What a lost attempt's last heartbeat knew (it may have checkpointed after its last report): its
+   * newest checkpoint, and the worker it ran on.
+   */
+  learnFromHeartbeat(rec: AttemptRecord, details: unknown): void {
+    const hb = details as { lastCheckpoint?: unknown; workerId?: unknown; step?: unknown } | null;
+    const cp = CheckpointRefSchema.safeParse(hb?.lastCheckpoint);
+    if (cp.success && cp.data.step > (this.lastCheckpoint?.step ?? -1)) this.lastCheckpoint = cp.data;
+    if (typeof hb?.workerId === 'string') rec.worker ??= hb.workerId.slice(0, 512);
+    if (typeof hb?.step === 'number' && Number.isFinite(hb.step)) rec.last_step = Math.max(rec.last_step ?? 0, hb.step);
+  }
+
   /** Opens the record of a new train attempt. */
   beginAttempt(): AttemptRecord {
     this.attempts += 1;
@@ -128,6 +140,8 @@ export class JobState {
   endAttempt(rec: AttemptRecord, outcome: AttemptRecord['outcome'], cause: string | null, lastStep?: number): void {
     const mine = this.latest && this.latest.attempt === rec.n ? this.latest : null;
     rec.worker = mine?.workerId ?? rec.worker;
+    // The attempt chose its own resume point (the newest checkpoint in the job's manifest).
+    if (mine?.resumedFrom) rec.resume_step = mine.resumedFrom.step;
     endAttempt(rec, outcome, cause, lastStep ?? mine?.step ?? null, outcome === 'completed' ? (lastStep ?? 0) : (this.lastCheckpoint?.step ?? 0));
   }
 

@@ -10,6 +10,7 @@
  * in activityOptions.ts.
  */
 import {
+  ActivityFailure,
   type ActivityInterfaceFor,
   ApplicationFailure,
   CancellationScope,
@@ -17,6 +18,7 @@ import {
   isCancellation,
   proxyActivities,
   sleep,
+  TimeoutFailure,
   uuid4,
   workflowInfo,
   type WorkflowInfo,
@@ -136,6 +138,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
         continue;
       }
       const c = classify(err);
+      if (err instanceof ActivityFailure && err.cause instanceof TimeoutFailure) job.learnFromHeartbeat(rec, err.cause.lastHeartbeatDetails);
       job.endAttempt(rec, c.kind === 'interruption' ? 'interrupted' : 'failed', c.cause);
       if (c.kind === 'fatal') throw err;
       const progressed = (job.lastCheckpoint?.step ?? 0) > rec.resume_step;

@@ -136,6 +136,9 @@ async function outcome(a: TrainAttempt, run: TrainRun, stop: TrainerStop, code: 
     log.info({ code, lastCheckpoint: progress.lastCheckpoint()?.path ?? null }, 'trainer stopped after cancellation');
     throw stop.cancelErr instanceof CancelledFailure ? stop.cancelErr : new CancelledFailure('cancelled');
   }
+  // Every other ending reports first (its checkpoints and resume point), so the workflow judges the
+  // attempt on what it really did; a superseded attempt reports nothing.
+  if (stop.reason !== 'superseded') await channel.signal(true);
   if (stop.reason === 'stall') {
     throw ApplicationFailure.retryable(`trainer made no progress for ${p.timeouts.stallMs} ms at step ${progress.step}; killed it`, ErrorType.TrainerStalled, { step: progress.step, logTail: tail });
   }
@@ -148,6 +151,5 @@ async function outcome(a: TrainAttempt, run: TrainRun, stop: TrainerStop, code: 
   if (code !== ExitCode.ok) {
     throw ApplicationFailure.retryable(`trainer ${describeExit(code)} at step ${progress.step}:\n${tail}`, ErrorType.TrainerFailed, { exitCode: code, step: progress.step, logTail: tail });
   }
-  await channel.signal(true);
   return progress.result(Date.now() - a.t0);
 }
