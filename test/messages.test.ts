@@ -124,6 +124,10 @@ describe('messages: malformed, forged and racing input never wedges a job', () =
     await h.signal('kiln.report', { attempt: 99, workerId: 'forger', step: 999_999, totalSteps: 1, epoch: null, totalEpochs: null, metrics: { loss: 0 }, firstStep: null, resumedFrom: null, lastCheckpoint: null, checkpoints: [], checkpointBytes: 0, validation: {}, gpuIds: [], gpu: null, malformedEvents: 0, stepsPerSec: null, etaMs: null, lastProgressAt: null });
     sent++;
     // Queries with arguments they do not take still answer.
+    for (let i = 0; i < 10; i++) {
+      const q = await h.query<{ jobId: string }, unknown[]>(i % 2 ? 'progress' : 'status', randomValue(r), randomValue(r));
+      assert.equal(q.jobId, h.workflowId);
+    }
     const p = await waitFor(async () => {
       const q = await h.query(progressQuery);
       return q.ignoredMessages === sent ? q : null;
