@@ -10,6 +10,8 @@ import type { KilnTestEnv } from '../../test/helpers/kiln';
 import { ms } from '../report';
 import { childrenOf, cpuMsOf, loadavg as load, machineBusyMs, stats } from '../stats';
 import { FIXTURE, readRecs, recFile, type RawSamples, type Rec, type TrainingBenchOptions, type Workers } from './harness';
+import { trainerEnv } from '../../src/supervisor/protocol';
+import { trainerLogFile } from '../../src/supervisor/workdir';
 
 interface OverheadPair {
   order: string;
@@ -51,22 +53,11 @@ function trainSpan(recs: Rec[]): Span {
 async function bareRun(params: Record<string, unknown>): Promise<Span> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-bench-bare-'));
   const file = path.join(dir, 'bench-events.jsonl');
-  const log = fs.openSync(path.join(dir, 'trainer.log'), 'a');
+  const log = fs.openSync(trainerLogFile(dir), 'a');
   const child = spawn(process.execPath, [FIXTURE], {
     cwd: dir,
     env: {
-      ...process.env,
-      KILN_PROTOCOL: '1',
-      KILN_JOB_ID: 'bare',
-      KILN_ATTEMPT: '1',
-      KILN_PARAMS: JSON.stringify(params),
-      KILN_WORK_DIR: dir,
-      KILN_CHECKPOINT_DIR: path.join(dir, 'checkpoints'),
-      KILN_RESUME_FROM: '',
-      KILN_ARTIFACT_DIR: path.join(dir, 'artifacts'),
-      KILN_EVENTS_FD: '3',
-      KILN_MODE: 'train',
-      CUDA_VISIBLE_DEVICES: '',
+      ...trainerEnv({ mode: 'train', jobId: 'bare', attempt: 1, params, workDir: dir, resumeFrom: '', gpuIds: [] }),
       KILN_BENCH_EVENTS: file,
     },
     stdio: ['pipe', log, log, 'pipe'],
