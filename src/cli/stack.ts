@@ -1,8 +1,11 @@
 /**
  * Verbs that run or check the stack itself: `kiln dev`, `kiln config check`, `kiln temporal-bin`
- * (`kiln worker` lives in workers/cli.ts; bin/kiln adds it). The heavy parts (server, workers) are imported only when their verb runs.
+ * (`kiln worker` lives in workers/cli.ts; bin/kiln adds it). The heavy parts (server, workers) are
+ * imported only when their verb runs.
  */
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { resolveCommand, type KilnConfig } from '../config/load';
 import { UsageError } from '../shared/errors';
 import { resolveTemporalBinary } from '../temporal/binary';
 import { bool, parseArgs, str } from './args';
@@ -22,12 +25,29 @@ async function devVerb(ctx: CliContext): Promise<number> {
   return Number(process.exitCode ?? 0);
 }
 
+/** Runs each trainer's `check:` argv; a failure is a warning naming the trainer and its models. */
+function preflightWarnings(c: KilnConfig): string[] {
+  const out: string[] = [];
+  for (const [name, t] of Object.entries(c.trainers)) {
+    if (!t.check) continue;
+    const [cmd, ...args] = resolveCommand(c, t.check);
+    const r = spawnSync(cmd!, args, { cwd: c.baseDir, encoding: 'utf8', timeout: 60_000 });
+    if (r.status === 0) continue;
+    const why = r.error ? r.error.message : `exit ${r.status ?? r.signal}${r.stderr.trim() ? `: ${r.stderr.trim().split('\n').slice(-1)[0]}` : ''}`;
+    const models = Object.entries(c.models).filter(([, m]) => m.trainer === name).map(([m]) => m);
+    out.push(`trainers.${name}.check \`${t.check.join(' ')}\` failed (${why}); jobs of ${models.length ? `model(s) ${models.join(', ')}` : 'this trainer'} will fail on this host until it passes`);
+  }
+  return out;
+}
+
 async function configVerb(ctx: CliContext): Promise<number> {
   const p = parseArgs(ctx.argv, { json: { type: 'bool' } }, 'config');
   if (p.positional[0] !== 'check') throw new UsageError('kiln config: the only sub-command is `kiln config check`');
   const c = ctx.config();
-  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok: true, file: c.file, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools) }));
+  const warnings = preflightWarnings(c);
+  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok: true, file: c.file, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools), warnings }));
   else ctx.out(`${c.file}: OK — ${Object.keys(c.trainers).length} trainer(s), ${Object.keys(c.models).length} model(s) [${Object.keys(c.models).join(', ')}], pools [${Object.keys(c.workers.pools).join(', ')}], state in ${c.home}`);
+  for (const w of warnings) process.stderr.write(`kiln config check: warning: ${w}\n`);
   return 0;
 }
 

@@ -83,6 +83,8 @@ export const TrainerSchema = z.strictObject({
   description: z.string().optional(),
   /** argv, spawned without a shell. Relative paths resolve against the config file's folder. */
   command: z.array(z.string().min(1)).min(1),
+  /** A preflight argv that exits 0 when this trainer can run here (e.g. its framework imports); `kiln config check` runs it. */
+  check: z.array(z.string().min(1)).min(1).optional(),
   env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
   params: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), ParamSpecSchema).default({}),
   evaluate: z
