@@ -13,10 +13,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { progressQuery } from '../src/shared/messages';
 import type { JobSummary } from '../src/shared/summary';
 import { trainerEnv } from '../src/supervisor/protocol';
-import { defaultConfigYaml, REPO, startKilnEnv, waitFor } from '../test/helpers/kiln';
+import { defaultConfigYaml, REPO, startKilnEnv } from '../test/helpers/kiln';
 import { writeSection } from './report';
 import { loadavg } from './stats';
 
@@ -82,16 +81,12 @@ async function main(): Promise<void> {
     await env.startGpuWorker();
     const one = (await (await env.submit('mlp-torch')).result()) as JobSummary;
     const kilnSps = one.training_metrics.steps / (one.training_metrics.duration_ms / 1000);
-    // Two at once: each gets its own device lease, and the workflow sees the telemetry.
+    // Two at once (2 slots): each gets its own device lease; the summaries keep leases and telemetry.
     const [a, b] = await Promise.all([env.submit('mlp-torch'), env.submit('mlp-torch')]);
-    const seen = await waitFor(async () => {
-      const [pa, pb] = await Promise.all([a.query(progressQuery), b.query(progressQuery)]);
-      return pa.gpuIds.length && pb.gpuIds.length && pa.step > 0 && pb.step > 0 ? [pa, pb] : null;
-    }, 300_000, 'both jobs training');
-    await Promise.all([a.result(), b.result()]);
+    const both = (await Promise.all([a.result(), b.result()])) as JobSummary[];
     const load1 = loadavg();
-    const leases = seen.map((p) => p.gpuIds.join(',') || '(none: CPU)');
-    const telemetry = seen.map((p) => (p.gpu ?? []).map((g) => `#${g.index} ${g.name ?? ''} ${g.utilizationPct ?? '?'}% ${g.memoryUsedMiB ?? '?'}/${g.memoryTotalMiB ?? '?'} MiB`).join('; ') || 'none');
+    const leases = both.map((s) => s.resource_usage.gpu_ids.join(',') || '(none: CPU)');
+    const telemetry = both.map((s) => (s.resource_usage.gpu ?? []).map((g) => `#${g.index} ${g.name ?? ''} ${g.utilizationPct ?? '?'}% ${g.memoryUsedMiB ?? '?'}/${g.memoryTotalMiB ?? '?'} MiB`).join('; ') || 'none');
     const body = `Command: \`npm run build && node dist/bench/gpu.js --epochs ${params.epochs} --samples ${params.samples} --batch ${params.batch_size} --hidden ${params.hidden}\`.
 Machine: ${os.hostname()}, ${devices.length ? devices.join(' | ') : 'no GPU'}, Node ${process.version}, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, load ${load0} → ${load1}.
 
