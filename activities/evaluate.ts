@@ -52,11 +52,15 @@ export function createEvaluate(deps: CommonDeps) {
       logFile,
       pidfile: pidfileFor(deps.config.home, `${p.jobId}.evaluate`),
       graceMs: p.timeouts.cancelGraceMs,
+      heartbeatMs: p.timeouts.heartbeatMs,
+      logCap: deps.config.workers.trainerLog,
+      record: { jobId: p.jobId, attempt: ctx.info.attempt, taskToken: ctx.info.base64TaskToken ?? null },
       onEvent: (e) => {
         if (e.type === 'metrics') Object.assign(metrics, e.values);
         ctx.heartbeat();
       },
       onMalformed: (line, why) => deps.log.warn({ jobId: p.jobId, line: line.slice(0, 200), why }, 'evaluate: malformed trainer event ignored'),
+      onError: (err) => deps.log.warn({ jobId: p.jobId, err: String(err) }, 'evaluate: cannot handle a trainer event'),
     });
     let cancelled = false;
     ctx.cancelled.catch(() => {

@@ -3,13 +3,17 @@
  * per slot. Entry point of `kiln worker gpu --pool P`.
  */
 import { unknownName } from '../src/shared/names';
+import type { Client } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import { Runtime, Worker } from '@temporalio/worker';
 import { createGpuActivities, noMetrics, type GpuDeps } from '../activities';
+import { ErrorType } from '../src/shared/errors';
 import { gpuTaskQueue } from '../src/shared/messages';
 import type { KilnConfig } from '../src/config/load';
 import type { Logger } from '../src/logger';
 import { detectGpus, GpuLeases, sampleGpus } from '../src/supervisor/gpu';
-import { reapOrphans } from '../src/supervisor/pidfiles';
+import { probeCgroups, sweepEmptyCgroups } from '../src/supervisor/cgroup';
+import { reapOrphans, type PidRecord } from '../src/supervisor/pidfiles';
 import { workerBase } from './common';
 import { createKilnMetrics } from './metrics';
 
@@ -32,11 +36,35 @@ async function resolveDevices(config: KilnConfig, pool: string, slotsOverride?: 
   return { devices, slots };
 }
 
+/**
+ * Fails the attempts of a dead worker on this host through their task tokens, once their trainers are
+ * stopped (and their last checkpoints journaled), so the retry starts now, not at the heartbeat timeout.
+ */
+async function failLostAttempts(client: Client, lost: PidRecord[], log: Logger): Promise<void> {
+  await Promise.all(
+    lost.map(async (rec) => {
+      if (!rec.taskToken) return;
+      const err = ApplicationFailure.retryable(`worker ${rec.workerPid} on this host died while running attempt ${rec.attempt ?? '?'} of ${rec.jobId ?? '?'}`, ErrorType.WorkerLost);
+      try {
+        await client.activity.fail(Buffer.from(rec.taskToken, 'base64'), err);
+        log.warn({ jobId: rec.jobId, attempt: rec.attempt, workerPid: rec.workerPid }, 'failed the attempt of a dead worker so that it is retried at once');
+      } catch (e) {
+        // Already timed out, completed or retried: nothing to do.
+        log.debug({ jobId: rec.jobId, attempt: rec.attempt, err: String(e) }, 'attempt of a dead worker already ended');
+      }
+    }),
+  );
+}
+
 export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
   const { devices, slots } = await resolveDevices(o.config, o.pool, o.slots);
-  const killed = await reapOrphans(o.config.home, (msg, extra) => o.log.warn(extra, msg));
+  const cg = probeCgroups();
+  if (!('why' in cg)) o.log.info({ cgroupParent: cg.parent, sweptEmpty: sweepEmptyCgroups(cg.parent) }, 'each trainer runs in its own cgroup');
+  else o.log.warn({ why: cg.why }, 'cgroups are not writable here: trainers are stopped by process group, so a trainer child that calls setsid can escape');
+  const { killed, lost } = await reapOrphans(o.config.home, (msg, extra) => o.log.warn(extra, msg));
   if (killed.length) o.log.warn({ count: killed.length }, 'killed trainers orphaned by a crashed worker on this host');
   const base = await workerBase(o.config, o.log, `gpu-${o.pool}`);
+  await failLostAttempts(base.deps.client, lost, o.log);
   const leases = new GpuLeases(devices, slots);
   const metrics = o.withMetrics ? createKilnMetrics(Runtime.instance(), o.pool, slots) : noMetrics;
   const deps: GpuDeps = {

@@ -12,8 +12,10 @@ import { ErrorType } from '../../src/shared/errors';
 import type { CheckpointRef, TrainHeartbeat } from '../../src/shared/progress';
 import type { PreparedJob } from '../../src/shared/spec';
 import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
-import { artifactDir, checkpointDir, chooseResumePoint, generationOf, insideDir, WorkDirLease } from '../../src/supervisor/workdir';
+import { selectKept } from '../../src/supervisor/retention';
+import { artifactDir, checkpointDir, chooseResumePoint, dropJournals, generationOf, insideDir, journalDir, journalFile, WorkDirLease, writeManifest } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
+import { jobIoFailure } from './ioError';
 import { waitingHeartbeat } from './progress';
 
 export interface TrainInput {
@@ -40,13 +42,25 @@ export interface TrainAttempt {
   workDir: string;
   trainer: NonNullable<KilnConfig['trainers'][string]>;
   lease: WorkDirLease;
+  /** This attempt's generation (lease) and the journal its shim writes. */
+  gen: number;
+  journal: string;
   pidfile: string;
   resumedFrom: CheckpointRef | null;
   /** Announced checkpoints that still exist, oldest first. */
   checkpoints: CheckpointRef[];
 }
 
+/** Starts the attempt; a disk error on the job's files fails only this attempt (JobIoError). */
 export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
+  try {
+    return await takeOver(deps, info, input);
+  } catch (err) {
+    throw jobIoFailure(input.prepared.jobId, err);
+  }
+}
+
+async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
   const p = input.prepared;
   const jobId = p.jobId;
   const attempt = input.attempt ?? info.attempt;
@@ -56,6 +70,7 @@ export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput)
   const workDir = p.workDir;
   fs.mkdirSync(checkpointDir(workDir), { recursive: true });
   fs.mkdirSync(artifactDir(workDir), { recursive: true });
+  fs.mkdirSync(journalDir(workDir), { recursive: true });
 
   const trainer = deps.config.trainers[p.spec.trainer];
   if (!trainer) {
@@ -85,9 +100,21 @@ export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput)
   }
 
   const heartbeat = (info.heartbeatDetails ?? null) as TrainHeartbeat | null;
-  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log });
+  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log, gen });
+  let checkpoints = resume.checkpoints;
+  if (resume.adopted.length) {
+    // Announced to a shim after its worker died: verified like any checkpoint, kept by retention, now in the manifest.
+    log.info({ adopted: resume.adopted.map((c) => ({ step: c.step, path: c.path })) }, 'adopted checkpoints an earlier attempt announced after its worker was gone');
+    const isPinned = (cp: string) => cp === input.resumeFrom?.path || cp === p.spec.baseCheckpoint || cp === resume.resumedFrom?.path || deps.isPinned(cp);
+    const { keep, drop } = selectKept(checkpoints, p.retention, isPinned);
+    for (const d of drop) fs.rmSync(d.path, { recursive: true, force: true });
+    writeManifest(workDir, keep);
+    checkpoints = keep;
+  }
+  dropJournals(workDir, gen);
   const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
-  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, pidfile, resumedFrom, checkpoints: resume.checkpoints };
+  const journal = journalFile(workDir, gen, attempt);
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints };
 }
 
 /** A fine-tune with no checkpoint of its own starts from the spec's base checkpoint. */

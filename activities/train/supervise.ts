@@ -11,10 +11,11 @@ import type { TrainResult } from '../../src/shared/summary';
 import { readPidfile } from '../../src/supervisor/pidfiles';
 import { describeExit, ExitCode, logTail, trainerEnv } from '../../src/supervisor/protocol';
 import { startTrainer, type TrainerHandle } from '../../src/supervisor/trainer';
-import { attemptHeader, trainerLogFile } from '../../src/supervisor/workdir';
+import { attemptHeader, leaseFile, trainerLogFile } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
 import type { TrainAttempt } from './attempt';
 import { trainerEventHandler } from './events';
+import { jobIoFailure } from './ioError';
 import type { ProgressChannel, TrainProgress } from './progress';
 
 /** Heartbeat, stall and fence checks run this often; a cancel arrives within about a second. */
@@ -24,16 +25,25 @@ const GPU_SAMPLE_MS = 5000;
 const TAIL_LINES = 50;
 const TAIL_BYTES = 64 * 1024;
 
-type StopReason = 'cancel' | 'stall' | 'superseded';
+type StopReason = 'cancel' | 'stall' | 'superseded' | 'io';
 
 /** Why this attempt stopped its trainer, if it did; the first reason wins. */
 class TrainerStop {
   reason: StopReason | null = null;
   cancelErr: unknown = null;
+  ioErr: unknown = null;
   constructor(
     private readonly trainer: TrainerHandle,
     private readonly a: TrainAttempt,
   ) {}
+
+  /** A disk error while handling the job's events: this attempt fails, the worker does not. */
+  failed(err: unknown): void {
+    if (this.reason) return;
+    this.ioErr = err;
+    this.a.log.error({ err: String(err), code: (err as NodeJS.ErrnoException).code, path: (err as NodeJS.ErrnoException).path }, 'cannot handle the trainer event: failing this attempt');
+    this.request('io');
+  }
 
   request(why: StopReason): void {
     if (this.reason) return;
@@ -55,31 +65,51 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
   const { progress } = run;
   const logFile = trainerLogFile(workDir);
   const env = trainerEnv({ mode: 'train', jobId: a.jobId, attempt: a.attempt, params: p.params, workDir, resumeFrom: resumedFrom?.path ?? '', gpuIds: run.gpuIds, trainerEnv: a.trainer.env });
-  fs.appendFileSync(logFile, attemptHeader({ attempt: a.attempt, workerId: a.workerId, resumedFrom, gpuIds: run.gpuIds }));
   log.info({ resumeFrom: resumedFrom?.path ?? null, gpuIds: run.gpuIds }, 'starting trainer');
-
-  const trainer = startTrainer({
-    argv: deps.trainerArgv(a.trainer.command),
-    env,
-    cwd: workDir,
-    logFile,
-    pidfile: a.pidfile,
-    graceMs: p.timeouts.cancelGraceMs,
-    onEvent: trainerEventHandler(deps, a, progress, run.channel),
-    onMalformed: (line, why) => {
-      progress.malformed += 1;
-      if (progress.malformed <= 20 || progress.malformed % 1000 === 0) log.warn({ why, line: line.slice(0, 200), count: progress.malformed }, 'malformed trainer event ignored');
-    },
-  });
+  let stop: TrainerStop | null = null;
+  let trainer: TrainerHandle;
+  try {
+    fs.appendFileSync(logFile, attemptHeader({ attempt: a.attempt, workerId: a.workerId, resumedFrom, gpuIds: run.gpuIds }));
+    trainer = startTrainer({
+      argv: deps.trainerArgv(a.trainer.command),
+      env,
+      cwd: workDir,
+      logFile,
+      pidfile: a.pidfile,
+      graceMs: p.timeouts.cancelGraceMs,
+      heartbeatMs: p.timeouts.heartbeatMs,
+      logCap: deps.config.workers.trainerLog,
+      journal: { file: a.journal, leaseFile: leaseFile(workDir), leaseToken: a.lease.token },
+      record: { jobId: a.jobId, attempt: a.attempt, taskToken: ctx.info.base64TaskToken ?? null },
+      onEvent: trainerEventHandler(deps, a, progress, run.channel),
+      onMalformed: (line, why) => {
+        progress.malformed += 1;
+        if (progress.malformed <= 20 || progress.malformed % 1000 === 0) log.warn({ why, line: line.slice(0, 200), count: progress.malformed }, 'malformed trainer event ignored');
+      },
+      onError: (err) => stop?.failed(err),
+    });
+  } catch (err) {
+    deps.gpus.release(run.leaseOwner);
+    deps.metrics.jobEnded(p.spec.pool, a.jobId);
+    throw jobIoFailure(a.jobId, err, logFile);
+  }
   deps.onTrainerStarted?.(a.jobId, a.attempt);
 
-  const stop = new TrainerStop(trainer, a);
+  stop = new TrainerStop(trainer, a);
+  const stopper = stop;
   ctx.cancelled.catch((err) => {
-    stop.cancelErr = err;
+    stopper.cancelErr = err;
     deps.metrics.cancelled(p.spec.pool);
-    stop.request('cancel');
+    stopper.request('cancel');
   });
-  const ticker = setInterval(tick(deps, a, run, stop), TICK_MS);
+  const check = tick(deps, a, run, stopper);
+  const ticker = setInterval(() => {
+    try {
+      check();
+    } catch (err) {
+      stopper.failed(err);
+    }
+  }, TICK_MS);
 
   let code: number;
   try {
@@ -93,7 +123,7 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
     if (readPidfile(a.pidfile)?.shimPid === trainer.child.pid) fs.rmSync(a.pidfile, { force: true });
   }
   run.channel.heartbeat();
-  return outcome(a, run, stop, code, logTail(logFile, TAIL_LINES, TAIL_BYTES));
+  return outcome(a, run, stopper, code, logTail(logFile, TAIL_LINES, TAIL_BYTES));
 }
 
 /** One tick: heartbeat, stall and fence checks, GPU telemetry, and a progress signal when one is due. */
@@ -144,6 +174,10 @@ async function outcome(a: TrainAttempt, run: TrainRun, stop: TrainerStop, code: 
   }
   if (stop.reason === 'superseded') {
     throw ApplicationFailure.retryable(`attempt ${attempt} was superseded by a newer attempt of ${jobId}`, ErrorType.AttemptSuperseded);
+  }
+  if (stop.reason === 'io') throw jobIoFailure(jobId, stop.ioErr);
+  if (code === ExitCode.workerLost) {
+    throw ApplicationFailure.retryable(`the shim stopped the trainer of attempt ${attempt}: this worker did not ping it for ${p.timeouts.heartbeatMs} ms (frozen or blocked)`, ErrorType.WorkerLost, { step: progress.step });
   }
   if (code === ExitCode.invalidInput) {
     throw ApplicationFailure.nonRetryable(`trainer rejected its params (exit 2):\n${tail}`, ErrorType.InvalidParams, { exitCode: code, logTail: tail });

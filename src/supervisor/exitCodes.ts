@@ -8,6 +8,8 @@ export const ExitCode = {
   invalidInput: 2,
   /** The shim was started with bad arguments. */
   shimUsage: 70,
+  /** The shim stopped the trainer because its worker went silent (frozen, blocked) or away. */
+  workerLost: 75,
   /** The trainer could not be started (no such command, not executable). */
   cannotStart: 127,
   /** 128 + n: the trainer died by signal n. */

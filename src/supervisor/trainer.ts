@@ -1,11 +1,17 @@
 /**
- * Starts a trainer under the shim and turns its fd-3 event stream into typed events (protocol.ts).
- * Malformed lines are counted and logged, never fatal.
+ * Starts a trainer under the shim and turns its fd-3 event stream (forwarded by the shim) into typed
+ * events (protocol.ts). Malformed lines are counted and logged, never fatal; an error while handling an
+ * event (a full disk, EIO) goes to `onError` and never reaches the worker's event loop. The shim is
+ * pinged every PING_MS: a worker that stops pinging (frozen, blocked) gets its trainer stopped.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { probeCgroups, signalCgroup } from './cgroup';
 import { EVENTS_FD, ExitCode, MAX_EVENT_LINE, parseEventLine, type TrainerEvent } from './protocol';
+import type { ShimConfig } from './shim';
+
+const PING_MS = 250;
 
 export interface TrainerHandle {
   readonly child: ChildProcess;
@@ -24,31 +30,110 @@ export interface StartOptions {
   logFile: string;
   pidfile: string;
   graceMs: number;
+  /** The shim stops the trainer when this worker has not pinged for this long. */
+  heartbeatMs: number;
+  /** trainer.log cap: rotated past maxBytes, `keep` files in all. */
+  logCap: { maxBytes: number; keep: number };
+  /** The attempt's journal of checkpoint events and the lease that fences it; none for evaluation. */
+  journal?: { file: string; leaseFile: string; leaseToken: string };
+  /** Recorded in the pid file for a worker that starts after this one died. */
+  record: ShimConfig['record'];
   onEvent: (e: TrainerEvent) => void;
   onMalformed: (line: string, why: string) => void;
+  /** An error thrown while handling an event; the trainer keeps running until the caller stops it. */
+  onError: (err: unknown) => void;
 }
 
 const SHIM_PATH = path.join(__dirname, 'shim.js');
 
 export function startTrainer(o: StartOptions): TrainerHandle {
   fs.mkdirSync(path.dirname(o.pidfile), { recursive: true });
+  const cfg: ShimConfig = {
+    pidfile: o.pidfile,
+    graceMs: o.graceMs,
+    heartbeatMs: o.heartbeatMs,
+    logFile: o.logFile,
+    logMaxBytes: o.logCap.maxBytes,
+    logKeep: o.logCap.keep,
+    journal: o.journal?.file ?? '',
+    lease: o.journal ? { file: o.journal.leaseFile, token: o.journal.leaseToken } : null,
+    cgroupParent: probeCgroups().parent,
+    cgroupName: `kiln-${o.record.jobId}-a${o.record.attempt}-${Date.now().toString(36)}`,
+    record: o.record,
+  };
+  // The shim's own stdout/stderr (a crash of the shim itself) go to the log; the trainer's go through the shim.
   const log = fs.openSync(o.logFile, 'a');
-  const child = spawn(process.execPath, [SHIM_PATH, o.pidfile, String(o.graceMs), '--', ...o.argv], {
+  const child = spawn(process.execPath, [SHIM_PATH, JSON.stringify(cfg), '--', ...o.argv], {
     cwd: o.cwd,
     env: o.env,
     stdio: ['pipe', log, log, 'pipe'],
   });
   fs.closeSync(log);
   child.stdin?.on('error', () => undefined);
+  const pinger = setInterval(() => {
+    if (child.stdin?.writable) child.stdin.write('.');
+  }, PING_MS);
 
+  const reader = readEvents(child.stdio[EVENTS_FD] as NodeJS.ReadableStream, o);
+
+  const exited = new Promise<number>((resolve) => {
+    const done = (code: number) => {
+      clearInterval(pinger);
+      reader.flush();
+      resolve(code);
+    };
+    // 'close' comes once the events the shim forwarded last were read; 'exit' alone may come before.
+    child.once('exit', (code, signal) => {
+      const status = code ?? (signal ? ExitCode.signalBase + 9 : 1);
+      const late = setTimeout(() => done(status), 2000);
+      child.once('close', () => {
+        clearTimeout(late);
+        done(status);
+      });
+    });
+    child.once('error', () => done(ExitCode.cannotStart));
+  });
+
+  const kill = () => {
+    try {
+      const rec = JSON.parse(fs.readFileSync(o.pidfile, 'utf8')) as { trainerPid: number; cgroup?: string | null };
+      if (rec.cgroup) signalCgroup(rec.cgroup, 'SIGKILL');
+      process.kill(-rec.trainerPid, 'SIGKILL');
+    } catch {
+      /* no pidfile yet or gone */
+    }
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+  };
+  const stop = async (graceMs: number): Promise<number> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(kill, graceMs + 500);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    }
+    return exited;
+  };
+  return { child, exited, stop, kill };
+}
+
+/** Splits the forwarded fd-3 stream into lines, bounded (an endless line is dropped, not buffered). */
+function readEvents(events: NodeJS.ReadableStream, o: StartOptions): { flush: () => void } {
   let buf = '';
   let dropping = false;
-  const events = child.stdio[EVENTS_FD] as NodeJS.ReadableStream;
   const handleLine = (line: string) => {
     if (!line.trim()) return;
     const r = parseEventLine(line);
-    if ('event' in r) o.onEvent(r.event);
-    else o.onMalformed(line, r.malformed);
+    try {
+      if ('event' in r) o.onEvent(r.event);
+      else o.onMalformed(line, r.malformed);
+    } catch (err) {
+      o.onError(err);
+    }
   };
   events.setEncoding('utf8');
   events.on('data', (chunk: string) => {
@@ -73,37 +158,10 @@ export function startTrainer(o: StartOptions): TrainerHandle {
   });
   events.on('error', () => undefined);
 
-  const exited = new Promise<number>((resolve) => {
-    child.once('exit', (code, signal) => {
+  return {
+    flush: () => {
       if (buf && !dropping) handleLine(buf);
       buf = '';
-      resolve(code ?? (signal ? ExitCode.signalBase + 9 : 1));
-    });
-    child.once('error', () => resolve(ExitCode.cannotStart));
-  });
-
-  const kill = () => {
-    try {
-      const rec = JSON.parse(fs.readFileSync(o.pidfile, 'utf8')) as { trainerPid: number };
-      process.kill(-rec.trainerPid, 'SIGKILL');
-    } catch {
-      /* no pidfile yet or gone */
-    }
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      /* gone */
-    }
+    },
   };
-  const stop = async (graceMs: number): Promise<number> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const timer = setTimeout(kill, graceMs + 500);
-      const code = await exited;
-      clearTimeout(timer);
-      return code;
-    }
-    return exited;
-  };
-  return { child, exited, stop, kill };
 }

@@ -7,7 +7,9 @@
  *   checkpoints.json  announced checkpoints that retention kept (the manifest)
  *   checkpoints/      the trainer's KILN_CHECKPOINT_DIR
  *   artifacts/        the trainer's KILN_ARTIFACT_DIR
- *   trainer.log       trainer stdout/stderr, one `=== kiln: attempt …` header per attempt
+ *   trainer.log       trainer stdout/stderr, one `=== kiln: attempt …` header per attempt; capped and
+ *                     rotated by the shim (trainer.log.1 …)
+ *   journal/          per attempt, the checkpoint events its shim saw (`<gen>-<attempt>.jsonl`)
  *   evaluate.log      the evaluation command's stdout/stderr
  */
 import * as crypto from 'node:crypto';
@@ -16,6 +18,8 @@ import * as path from 'node:path';
 import type { Info } from '@temporalio/activity';
 import type { Logger } from '../logger';
 import type { CheckpointRef, TrainHeartbeat } from '../shared/progress';
+import { diskBytes } from './retention';
+import { readJournal, writeFileAtomic } from './shimio';
 
 export function jobWorkDir(artifactsRoot: string, jobId: string): string {
   return path.join(artifactsRoot, 'jobs', jobId);
@@ -40,6 +44,13 @@ export function manifestFile(workDir: string): string {
 }
 export function leaseFile(workDir: string): string {
   return path.join(workDir, 'lease.json');
+}
+export function journalDir(workDir: string): string {
+  return path.join(workDir, 'journal');
+}
+/** The attempt's journal: named by its lease generation, so journals sort by attempt age. */
+export function journalFile(workDir: string, gen: number, attempt: number): string {
+  return path.join(journalDir(workDir), `${gen}-${attempt}.jsonl`);
 }
 
 /**
@@ -80,9 +91,7 @@ export function readManifest(workDir: string): CheckpointRef[] {
 }
 
 export function writeManifest(workDir: string, checkpoints: CheckpointRef[]): void {
-  const tmp = `${manifestFile(workDir)}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify({ checkpoints }, null, 1));
-  fs.renameSync(tmp, manifestFile(workDir));
+  writeFileAtomic(manifestFile(workDir), `${manifestFile(workDir)}.${process.pid}.tmp`, JSON.stringify({ checkpoints }, null, 1));
 }
 
 /**
@@ -112,9 +121,7 @@ function readLease(workDir: string): LeaseRecord | null {
 }
 
 function writeLease(workDir: string, l: LeaseRecord): void {
-  const tmp = `${leaseFile(workDir)}.${process.pid}.${l.token.slice(0, 8)}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(l));
-  fs.renameSync(tmp, leaseFile(workDir));
+  writeFileAtomic(leaseFile(workDir), `${leaseFile(workDir)}.${process.pid}.${l.token.slice(0, 8)}.tmp`, JSON.stringify(l));
 }
 
 /**
@@ -164,11 +171,19 @@ function sweepUnannounced(ckptDir: string, known: CheckpointRef[], keep: (p: str
   const esc = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const shapes = new Set<string>();
   const knownPaths = new Set(known.map((c) => path.resolve(c.path)));
+  const shape = (t: string) => esc(t).replace(/\d+/g, '\\d+');
   for (const c of known) {
-    if (path.dirname(path.resolve(c.path)) === path.resolve(ckptDir)) shapes.add(esc(path.basename(c.path)).replace(/\d+/g, '\\d+'));
+    if (path.dirname(path.resolve(c.path)) !== path.resolve(ckptDir)) continue;
+    const base = path.basename(c.path);
+    const ext = path.extname(base);
+    // The name itself and the old kit's temp (`.round-10.json.tmp-…`); the kit's temp with the suffix
+    // last (`.round-10.tmp-<pid>-<hex>.json`, plus a suffix a writer appended: np.save's `.npy`) and
+    // its `.old-<hex>` backup.
+    shapes.add(`\\.?${shape(base)}(?:\\.tmp.*)?`);
+    shapes.add(`\\.${shape(base.slice(0, base.length - ext.length))}\\.(?:tmp-\\d+-[0-9a-f]+|old-[0-9a-f]+)${esc(ext)}(?:\\.[A-Za-z0-9]+)?`);
   }
   if (shapes.size === 0) return [];
-  const re = new RegExp(`^\\.?(?:${[...shapes].join('|')})(?:\\.tmp.*)?$`);
+  const re = new RegExp(`^(?:${[...shapes].join('|')})$`);
   const removed: string[] = [];
   let names: string[] = [];
   try {
@@ -185,11 +200,51 @@ function sweepUnannounced(ckptDir: string, known: CheckpointRef[], keep: (p: str
   return removed;
 }
 
+/**
+ * Checkpoints earlier attempts' shims journaled while the lease was theirs, in journals whose shim lost
+ * its worker (died, froze), that are complete: inside the job dir, on disk, with the size the shim saw.
+ */
+function journaledCheckpoints(workDir: string, beforeGen: number, log: Logger): CheckpointRef[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(journalDir(workDir)).filter((n) => n.endsWith('.jsonl') && Number(n.split('-')[0]) < beforeGen);
+  } catch {
+    return [];
+  }
+  const out: CheckpointRef[] = [];
+  for (const n of names) {
+    const j = readJournal(path.join(journalDir(workDir), n));
+    if (!j.lost) continue;
+    for (const e of j.entries) {
+      if (!insideDir(workDir, e.path) || !fs.existsSync(e.path)) continue;
+      if (e.bytes !== null && diskBytes(e.path) !== e.bytes) {
+        log.warn({ path: e.path, step: e.step, journaled: e.bytes, onDisk: diskBytes(e.path) }, 'journaled checkpoint changed size since it was announced; not adopted');
+        continue;
+      }
+      out.push({ step: e.step, path: e.path, metrics: e.metrics });
+    }
+  }
+  return out;
+}
+
+/** Removes the journals of attempts older than `beforeGen` (their checkpoints are in the manifest now). */
+export function dropJournals(workDir: string, beforeGen: number): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(journalDir(workDir));
+  } catch {
+    return;
+  }
+  for (const n of names) if (Number(n.split('-')[0]) < beforeGen) fs.rmSync(path.join(journalDir(workDir), n), { force: true });
+}
+
 export interface ResumePoint {
   /** The newest announced checkpoint that still exists inside the work dir, or null. */
   resumedFrom: CheckpointRef | null;
   /** Every announced checkpoint that still exists inside the work dir, oldest first. */
   checkpoints: CheckpointRef[];
+  /** Checkpoints adopted from earlier attempts' journals that the manifest did not have. */
+  adopted: CheckpointRef[];
 }
 
 /**
@@ -199,11 +254,17 @@ export interface ResumePoint {
  */
 export function chooseResumePoint(
   workDir: string,
-  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger },
+  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number },
 ): ResumePoint {
   const { log } = o;
   const known = new Map<string, CheckpointRef>();
   for (const c of [...readManifest(workDir), ...(o.heartbeat?.checkpoints ?? []), ...(o.resumeFrom ? [o.resumeFrom] : [])]) known.set(c.path, c);
+  const adopted: CheckpointRef[] = [];
+  for (const c of journaledCheckpoints(workDir, o.gen, log)) {
+    if (known.has(c.path)) continue;
+    known.set(c.path, c);
+    adopted.push(c);
+  }
   const candidates = [...known.values()].sort((a, b) => b.step - a.step);
   const swept = sweepUnannounced(checkpointDir(workDir), candidates, o.isPinned);
   if (swept.length) log.warn({ removed: swept }, 'removed checkpoints an earlier attempt wrote but never announced');
@@ -220,5 +281,5 @@ export function chooseResumePoint(
     log.warn({ path: c.path, step: c.step }, 'checkpoint to resume from is missing; trying the previous one');
   }
   const checkpoints = candidates.filter((c) => fs.existsSync(c.path) && insideDir(workDir, c.path)).sort((a, b) => a.step - b.step);
-  return { resumedFrom, checkpoints };
+  return { resumedFrom, checkpoints, adopted };
 }
