@@ -3,9 +3,7 @@
  * attempt only, retryably, naming the error and the path, and never reaches the worker's event loop.
  */
 import { ApplicationFailure } from '@temporalio/common';
-
-/** Not in ErrorType yet (src/shared is the coordinator's): the job's disk, not the trainer, failed. */
-export const JOB_IO_ERROR = 'JobIoError';
+import { ErrorType } from '../../src/shared/errors';
 
 /** `file`: the path to name when the error has none (a failed write(2) on an open file). */
 export function jobIoFailure(jobId: string, err: unknown, file?: string): ApplicationFailure {
@@ -13,7 +11,7 @@ export function jobIoFailure(jobId: string, err: unknown, file?: string): Applic
   const e = err as NodeJS.ErrnoException & { dest?: string };
   const p = e.path ?? file;
   const where = p ? ` ${p}${e.dest ? ` → ${e.dest}` : ''}` : '';
-  return ApplicationFailure.retryable(`cannot write the files of ${jobId}: ${e.code ?? e.name ?? 'Error'}${where}: ${e.message ?? String(err)}`, JOB_IO_ERROR, {
+  return ApplicationFailure.retryable(`cannot write the files of ${jobId}: ${e.code ?? e.name ?? 'Error'}${where}: ${e.message ?? String(err)}`, ErrorType.JobIoError, {
     code: e.code ?? null,
     path: p ?? null,
   });

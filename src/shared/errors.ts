@@ -15,6 +15,8 @@ export const ErrorType = {
   WorkerConfig: 'WorkerConfig',
   /** A newer attempt of the same job owns the work dir: this one stopped itself. */
   AttemptSuperseded: 'AttemptSuperseded',
+  /** The worker could not write a job's files (ENOSPC, EIO, EACCES, a bad path): that attempt fails, retryably, as a trainer failure. */
+  JobIoError: 'JobIoError',
   /** The worker running an attempt died (found by a restarted worker on its host): an interruption. */
   WorkerLost: 'WorkerLost',
   /** The worker running an attempt was drained (SIGTERM): an interruption. */
