@@ -44,7 +44,7 @@ async function failLostAttempts(client: Client, lost: PidRecord[], log: Logger):
   await Promise.all(
     lost.map(async (rec) => {
       if (!rec.taskToken) return;
-      const err = ApplicationFailure.retryable(`worker ${rec.workerPid} on this host died while running attempt ${rec.attempt ?? '?'} of ${rec.jobId ?? '?'}`, ErrorType.WorkerLost);
+      const err = ApplicationFailure.retryable(`worker lost: worker ${rec.workerPid} on this host died while running attempt ${rec.attempt ?? '?'} of ${rec.jobId ?? '?'} (found by the worker restarted there)`, ErrorType.WorkerLost);
       try {
         await client.activity.fail(Buffer.from(rec.taskToken, 'base64'), err);
         log.warn({ jobId: rec.jobId, attempt: rec.attempt, workerPid: rec.workerPid }, 'failed the attempt of a dead worker so that it is retried at once');
