@@ -1,16 +1,12 @@
 // Pure and dependency-free: imported from workflow code, which runs in
 // Temporal's deterministic sandbox (no Node modules, no clock, no I/O).
+import type { PromotionPolicyConfig } from '../shared/spec';
 
-export interface PromotionPolicy {
-  metric: string;
-  direction: 'min' | 'max';
-  /** Required improvement over production; default 0 (any strict improvement). */
-  minImprovement?: number;
-  /** 'relative' reads minImprovement as a fraction of |production| (0.05 = 5%). Default 'absolute'. */
-  improvementKind?: 'absolute' | 'relative';
-  /** 'approval': an eligible candidate still needs a human approval signal. */
-  mode: 'auto' | 'approval';
-}
+/**
+ * The policy as the promotion decision needs it: the prepared job's (src/shared/spec.ts), with the
+ * improvement threshold optional (default 0, absolute: any strict improvement) and no approval timeout.
+ */
+export type PromotionPolicy = Pick<PromotionPolicyConfig, 'metric' | 'direction' | 'mode'> & Partial<Pick<PromotionPolicyConfig, 'minImprovement' | 'improvementKind'>>;
 
 export interface PromotionCandidate {
   metrics: Record<string, number | null | undefined>;
