@@ -247,6 +247,12 @@ describe('retraining schedules', () => {
     const storm = listed.schedules.find((s) => s.scheduleId === 'kiln-retrain-storm')!;
     assert.ok(storm.nextActionTimes.length > 0 && Date.parse(storm.nextActionTimes[0]!) > Date.now(), JSON.stringify(storm));
     assert.equal(storm.stale, false);
+    // The last fired run's decision and the data version it saw (fire was backfilled above).
+    const fired = (listed.schedules as unknown as Array<{ scheduleId: string; lastDecision: { outcome: string; fingerprint: string; dataset?: { resolver: string; detail: string } } | null }>).find((s) => s.scheduleId === 'kiln-retrain-fire')!;
+    assert.match(fired.lastDecision?.fingerprint ?? '', /^[0-9a-f]{16}$/, JSON.stringify(fired));
+    assert.equal(fired.lastDecision?.dataset?.resolver, 'metadata');
+    const text = (await kiln(['schedules', 'list', '--task-queue', env.controlQueue])).stdout;
+    assert.match(text, /kiln-retrain-fire[\s\S]*? {2}data: {2}version [0-9a-f]{16} \(1 file, \d+ B \(metadata\)\) → (skipped|trained|deduped): /);
 
     // Not Kiln's: same prefix, no memo. Sync must neither delete nor adopt it.
     await env.client.schedule.create({

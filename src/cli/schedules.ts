@@ -107,6 +107,8 @@ async function schedules(ctx: CliContext): Promise<number> {
           ctx.out(`  next:  ${r.paused ? '(paused)' : r.nextActionTimes.slice(0, 3).join(', ') || '-'}`);
           const last = r.recentActions[r.recentActions.length - 1];
           ctx.out(`  fired: ${r.numActionsTaken} time(s)${last ? `, last ${last.takenAt} → ${last.workflowId}` : ''}; skipped (overlap) ${r.numActionsSkippedOverlap}, missed (catch-up window) ${r.numActionsMissedCatchupWindow}`);
+          const dec = r.lastDecision;
+          if (dec) ctx.out(`  data:  version ${dec.fingerprint}${dec.dataset ? ` (${dec.dataset.detail})` : ''} → ${dec.outcome}: ${dec.reason}`);
         }
         for (const id of missing) ctx.out(`${id}  (in temporal.yaml, not on the server: run kiln schedules sync)`);
         return 0;

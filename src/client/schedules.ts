@@ -24,7 +24,7 @@ import { parseSchedule } from '../shared/cron';
 import { TASK_QUEUE_CONTROL } from '../shared/messages';
 import { formatDuration } from '../shared/duration';
 import { ConfigError, UsageError } from '../shared/errors';
-import { SCHEDULE_ID_PREFIX, scheduledRetrainId, scheduleId, type RetrainInput } from '../shared/retrain';
+import { SCHEDULE_ID_PREFIX, scheduledRetrainId, scheduleId, type RetrainInput, type RetrainResult } from '../shared/retrain';
 import { kilnSearchAttributes } from '../shared/searchAttributes';
 
 export const OWNER = 'kiln';
@@ -254,6 +254,23 @@ export interface ScheduleRow {
   hash: string | null;
   /** True when the server's definition differs from the config (run `kiln schedules sync`). */
   stale: boolean;
+  /** The newest completed RetrainModel's decision and the data version it saw (of the last few fired). */
+  lastDecision: Pick<RetrainResult, 'outcome' | 'reason' | 'fingerprint' | 'dataset'> | null;
+}
+
+/** The decision of the newest completed run among the last three fired (null: none completed, or gone). */
+async function lastDecision(client: Client, workflowIds: string[]): Promise<ScheduleRow['lastDecision']> {
+  for (const id of workflowIds.slice(-3).reverse()) {
+    try {
+      const h = client.workflow.getHandle(id);
+      if ((await h.describe()).status.name !== 'COMPLETED') continue;
+      const r = (await h.result()) as RetrainResult;
+      return { outcome: r.outcome, reason: r.reason, fingerprint: r.fingerprint, dataset: r.dataset };
+    } catch {
+      // aged out of retention, or not ours to read: try the one before
+    }
+  }
+  return null;
 }
 
 function specText(d: ScheduleDescription): string {
@@ -300,6 +317,7 @@ export async function listSchedules(client: Client, config: KilnConfig, o: Sched
       numActionsMissedCatchupWindow: d.info.numActionsMissedCatchupWindow,
       hash,
       stale: desired.get(id)?.hash !== hash,
+      lastDecision: await lastDecision(client, d.info.recentActions.map((a) => a.action.workflow.workflowId)),
     });
   }
   return { rows, missing };
