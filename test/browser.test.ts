@@ -123,7 +123,9 @@ describe('Temporal Web UI (headless Chromium)', { skip: SKIP }, () => {
     const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
     try {
       await page.goto(`${base}/user-metadata`, { waitUntil: 'domcontentloaded' });
-      const meta = await waitForText(page, 'the static summary and the progress line', (t) => t.includes(summary) && /epoch \d+\/200 · step \d+\/2000 · loss \d/.test(t));
+      // The UI reads Current Details once per page load (a metadata query the worker answers; "press R
+      // for freshness"): a load whose query was slow shows none, so reload until it is there.
+      const meta = await waitForText(page, 'the static summary and the progress line', (t) => t.includes(summary) && /epoch \d+\/200 · step \d+\/2000 · loss \d/.test(t), 30_000, true);
       await page.screenshot({ path: path.join(SHOTS, 'job-user-metadata.png') });
       assert.match(h.workflowId, /^train-spirals-[a-z0-9]{6}$/);
       assert.ok(meta.includes(h.workflowId), 'the readable workflow id is the page title');
