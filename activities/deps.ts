@@ -35,8 +35,11 @@ export interface CommonDeps {
   log: Logger;
   client: Client;
   workerId: string;
-  /** Opened lazily: a worker that never registers a version never opens the database. */
-  registry: () => ModelRegistry;
+  /**
+   * Opened lazily: a worker that never registers a version never opens the database. Only the
+   * control worker (and the CLI) open it; a GPU worker's registry() refuses.
+   */
+  registry: () => Promise<ModelRegistry>;
   trainerArgv: (command: readonly string[]) => string[];
 }
 
@@ -45,6 +48,7 @@ export interface GpuDeps extends CommonDeps {
   gpus: GpuLeases;
   metrics: KilnMetrics;
   sampleGpus: (ids: string[]) => Promise<GpuTelemetry[] | null>;
+  /** Pinned against retention; the train activity narrows it to the paths its job carries (PreparedJob.pinned). */
   isPinned: (path: string) => boolean;
   /** Test hook: called once a trainer process was spawned. */
   onTrainerStarted?: (jobId: string, attempt: number) => void;

@@ -7,6 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { prepareSpec } from '../src/config/spec';
+import { pinnedUnder } from '../src/registry/pinned';
 import type { JobSpec, PreparedJob } from '../src/shared/spec';
 import { checkpointDir, jobFile } from '../src/supervisor/workdir';
 import { checkDatasetLocation, datasetVersion } from './dataset';
@@ -19,7 +20,12 @@ export function createPrepareJob(deps: CommonDeps) {
     let fingerprint = spec.datasetFingerprint;
     if (fingerprint) await checkDatasetLocation(deps.config, spec.dataset);
     else fingerprint = (await datasetVersion(deps.config, spec.dataset, spec.model)).fingerprint;
-    const prepared = prepareSpec(deps.config, spec, jobId, fingerprint);
+    const prepared: PreparedJob = prepareSpec(deps.config, spec, jobId, fingerprint);
+    // The GPU worker keeps these in retention; it learns them here, not from a database of its own.
+    const reg = await deps.registry();
+    const own = await reg.getByJob(jobId);
+    const pinned = [...new Set([...pinnedUnder(await reg.pinnedCheckpoints(), prepared.workDir), ...(own ? [own.checkpointPath, own.artifactPath] : [])])].filter((x): x is string => !!x).sort();
+    if (pinned.length) prepared.pinned = pinned;
     fs.mkdirSync(checkpointDir(prepared.workDir), { recursive: true });
     fs.writeFileSync(jobFile(prepared.workDir), JSON.stringify({ jobId, spec, params: prepared.params, datasetFingerprint: prepared.datasetFingerprint }, null, 2));
     return prepared;

@@ -52,7 +52,8 @@ function formatMs(ms: number): string {
 }
 
 function refuse(err: unknown): never {
-  if (err instanceof RegistryError) throw ApplicationFailure.nonRetryable(err.message, ErrorType.RegistryRefused, { code: err.code });
+  // An unreachable database is retried (the activity's retry policy); only refusals are final.
+  if (err instanceof RegistryError && err.code !== 'UNAVAILABLE') throw ApplicationFailure.nonRetryable(err.message, ErrorType.RegistryRefused, { code: err.code });
   throw err;
 }
 
@@ -71,12 +72,12 @@ export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks 
 }
 
 async function registerVersion(deps: CommonDeps, hooks: RegistryHooks, { prepared: p, train, validation, runId }: RegisterVersionInput): Promise<RegisterVersionResult> {
-  const reg = deps.registry();
+  const reg = await deps.registry();
   const metrics = { ...train.metrics, ...validation };
   let created: boolean;
   let v: ModelVersion;
   try {
-    ({ version: v, created } = reg.register({
+    ({ version: v, created } = await reg.register({
       model: p.spec.model,
       jobId: p.jobId,
       runId,
@@ -113,39 +114,39 @@ async function registerVersion(deps: CommonDeps, hooks: RegistryHooks, { prepare
   if (!v.complete) {
     const reason = `not promotable: incomplete, missing required metrics ${v.missingMetrics.join(', ')}`;
     deps.log.warn({ jobId: p.jobId, model: v.model, version: v.version, missing: v.missingMetrics, metrics: Object.keys(metrics) }, `registered ${v.model} v${v.version} as INCOMPLETE: ${reason}`);
-    reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason });
+    await reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason });
     return { version: v.version, created, stage: v.stage, complete: false, missingMetrics: v.missingMetrics, decision: reason, awaitingApproval: false };
   }
-  return decidePromotion(reg, p, v, created);
+  return await decidePromotion(reg, p, v, created);
 }
 
 /** A complete, newly registered version: promote it, keep it, or leave it awaiting approval. */
-function decidePromotion(reg: ModelRegistry, p: PreparedJob, v: ModelVersion, created: boolean): RegisterVersionResult {
+async function decidePromotion(reg: ModelRegistry, p: PreparedJob, v: ModelVersion, created: boolean): Promise<RegisterVersionResult> {
   if (!p.promotion) {
     return { version: v.version, created, stage: v.stage, complete: true, missingMetrics: [], decision: 'kept candidate: no promotion policy for this model', awaitingApproval: false };
   }
-  const prod = reg.production(v.model);
+  const prod = await reg.production(v.model);
   const verdict = evaluatePromotion(p.promotion, v, prod && prod.version !== v.version ? { version: prod.version, metrics: prod.metrics } : null);
   if (verdict.promote && !verdict.requiresApproval) {
     try {
-      const after = reg.promote(v.model, v.version, { reason: verdict.reason, by: 'kiln', kind: 'promoted' });
+      const after = await reg.promote(v.model, v.version, { reason: verdict.reason, by: 'kiln', kind: 'promoted' });
       return { version: v.version, created, stage: after.stage, complete: true, missingMetrics: [], decision: verdict.reason, awaitingApproval: false };
     } catch (err) {
       refuse(err);
     }
   }
-  if (!verdict.promote) reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason: verdict.reason });
+  if (!verdict.promote) await reg.recordDecision(v.model, v.version, { kind: 'kept-candidate', reason: verdict.reason });
   return { version: v.version, created, stage: v.stage, complete: true, missingMetrics: [], decision: verdict.reason, awaitingApproval: verdict.requiresApproval };
 }
 
 async function resolveApproval(deps: CommonDeps, a: ResolveApprovalInput): Promise<{ stage: string; decision: string }> {
-  const reg = deps.registry();
+  const reg = await deps.registry();
   const why = a.eligibility ? a.eligibility.replace(ELIGIBLE_PREFIX, '') : '';
   const who = `${a.by ?? 'unknown'}${a.note ? ` (${a.note})` : ''}`;
   try {
     if (a.verdict === 'approved') {
       const reason = `approved by ${who}${why ? `: ${why}` : ''}`;
-      const v = reg.promote(a.model, a.version, { reason, by: a.by, kind: 'approved' });
+      const v = await reg.promote(a.model, a.version, { reason, by: a.by, kind: 'approved' });
       return { stage: v.stage, decision: `promoted: ${reason}` };
     }
     const reason =
@@ -155,7 +156,7 @@ async function resolveApproval(deps: CommonDeps, a: ResolveApprovalInput): Promi
           ? `approval timed out${a.timeoutMs !== undefined ? ` after ${formatMs(a.timeoutMs)}` : ''}: kept as candidate`
           : 'job cancelled while awaiting approval: kept as candidate';
     const full = why ? `${reason} (was eligible: ${why})` : reason;
-    const v = reg.recordDecision(a.model, a.version, { kind: a.verdict === 'rejected' ? 'rejected' : 'kept-candidate', reason: full, by: a.by });
+    const v = await reg.recordDecision(a.model, a.version, { kind: a.verdict === 'rejected' ? 'rejected' : 'kept-candidate', reason: full, by: a.by });
     return { stage: v.stage, decision: full };
   } catch (err) {
     refuse(err);

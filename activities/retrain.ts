@@ -49,14 +49,15 @@ export function createRetrainActivities(deps: CommonDeps) {
       // Once per decision: the child TrainingJob gets this fingerprint and does not resolve it again.
       const version = await datasetVersion(config, m.dataset, input.model);
       const fingerprint = version.fingerprint;
-      const reg = deps.registry();
-      const prod = reg.production(input.model);
+      const reg = await deps.registry();
+      const prod = await reg.production(input.model);
+      const lastTrainedAt = await reg.lastTrainedAt(input.model);
       const decision = evaluateNeed(
         policy,
         {
           fingerprint,
           production: prod ? { version: prod.version, datasetFingerprint: prod.datasetFingerprint, createdAt: prod.createdAt } : null,
-          lastTrainedAt: reg.lastTrainedAt(input.model),
+          lastTrainedAt,
           nowMs: Date.now(),
         },
         input.force ?? false,
@@ -71,7 +72,7 @@ export function createRetrainActivities(deps: CommonDeps) {
         throw err;
       }
       deps.log.info({ model: input.model, trigger, force: input.force ?? false, train: decision.train, reason: decision.reason, childId }, 'retrain need-check');
-      const prior = reg.getByJob(childId);
+      const prior = await reg.getByJob(childId);
       return {
         ...decision,
         fingerprint,

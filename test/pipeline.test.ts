@@ -77,8 +77,8 @@ describe('pipeline: evaluate, register, promote', () => {
     return h;
   }
 
-  const versionOf = (s: JobSummary): ModelVersion => {
-    const v = reg.get(s.model, s.registry.version!);
+  const versionOf = async (s: JobSummary): Promise<ModelVersion> => {
+    const v = (await reg.get(s.model, s.registry.version!));
     assert.ok(v, `${s.model} v${s.registry.version} in the registry`);
     return v;
   };
@@ -90,7 +90,7 @@ describe('pipeline: evaluate, register, promote', () => {
     reg = new SqliteModelRegistry(registryPath(env.config));
   });
   after(async () => {
-    reg?.close();
+    await reg?.close();
     await env?.cleanup();
   });
 
@@ -108,7 +108,7 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.deepEqual(scheduled, ['prepareJob', 'train', 'evaluate', 'registerVersion']);
 
     // Lineage, metrics and pins on the stored version.
-    const v1 = versionOf(first);
+    const v1 = await versionOf(first);
     const d = await env.client.workflow.getHandle(first.jobId).describe();
     assert.equal(v1.jobId, first.jobId);
     assert.equal(v1.runId, d.runId);
@@ -121,42 +121,42 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.equal(v1.metrics.accuracy, first.validation_metrics.accuracy);
     assert.ok(v1.artifactPath && fs.existsSync(v1.artifactPath), 'model artifact on disk');
     assert.ok(v1.checkpointPath && fs.existsSync(v1.checkpointPath), 'checkpoint on disk');
-    assert.ok(reg.isPinned(v1.artifactPath) && reg.isPinned(v1.checkpointPath), 'artifact and checkpoint pinned against retention');
+    assert.ok((await reg.isPinned(v1.artifactPath)) && (await reg.isPinned(v1.checkpointPath)), 'artifact and checkpoint pinned against retention');
     assert.deepEqual(v1.decisions.map((x) => [x.kind, x.reason, x.by]), [['promoted', first.registry.decision, 'kiln']]);
 
     const better = await train('ranked', STRONG);
     const v1val = formatMetric(v1.metrics.val_loss!);
-    const v2 = versionOf(better);
+    const v2 = await versionOf(better);
     assert.deepEqual([better.registry.version, better.registry.stage], [2, 'production']);
     assert.ok(v2.metrics.val_loss! < v1.metrics.val_loss! - 0.005);
     assert.equal(better.registry.decision, `promoted: val_loss ${formatMetric(v2.metrics.val_loss!)} < ${v1val} - 0.005 (production v1)`);
     assert.equal(v2.decisions.at(-1)!.reason, better.registry.decision);
-    assert.equal(reg.get('ranked', 1)!.stage, 'archived');
-    assert.match(reg.get('ranked', 1)!.decisions.at(-1)!.reason, /^superseded by v2: promoted: val_loss/);
+    assert.equal((await reg.get('ranked', 1))!.stage, 'archived');
+    assert.match((await reg.get('ranked', 1))!.decisions.at(-1)!.reason, /^superseded by v2: promoted: val_loss/);
 
     const worse = await train('ranked', WEAK);
-    const v3 = versionOf(worse);
+    const v3 = await versionOf(worse);
     assert.deepEqual([worse.registry.version, worse.registry.stage, worse.registry.complete], [3, 'candidate', true]);
     const expected = `kept candidate: val_loss ${formatMetric(v3.metrics.val_loss!)} is not < ${formatMetric(v2.metrics.val_loss!)} - 0.005 (production v2)`;
     assert.equal(worse.registry.decision, expected);
     assert.deepEqual(v3.decisions.map((x) => [x.kind, x.reason]), [['kept-candidate', expected]]);
-    assert.equal(reg.production('ranked')!.version, 2);
+    assert.equal((await reg.production('ranked'))!.version, 2);
 
     const shown = await kiln('models', 'show', 'ranked', '3', '--json');
     assert.equal(shown.code, 0, shown.stderr);
-    assert.deepEqual(JSON.parse(shown.stdout), reg.get('ranked', 3));
+    assert.deepEqual(JSON.parse(shown.stdout), (await reg.get('ranked', 3)));
   });
 
   test('approval: `kiln approve` promotes, the decision names who and why', async () => {
     const h = await untilAwaitingApproval('approve-me');
-    assert.equal(reg.getByJob(h.workflowId)!.stage, 'candidate', 'not promoted before the approval');
+    assert.equal((await reg.getByJob(h.workflowId))!.stage, 'candidate', 'not promoted before the approval');
     const r = await kiln('approve', h.workflowId, '--by', 'ana', '--note', 'eval report checked', '--wait', '--json');
     assert.equal(r.code, 0, r.stderr);
     const s = (await h.result()) as JobSummary;
     assert.deepEqual(JSON.parse(r.stdout), { ok: true, jobId: h.workflowId, signal: 'approve', by: 'ana', note: 'eval report checked', registry: s.registry });
     assert.equal(s.registry.stage, 'production');
     assert.equal(s.registry.decision, 'promoted: approved by ana (eval report checked): first version of the model (no production yet)');
-    const v = versionOf(s);
+    const v = await versionOf(s);
     assert.equal(v.stage, 'production');
     assert.deepEqual(v.decisions.map((x) => [x.kind, x.by, x.reason]), [['approved', 'ana', s.registry.decision!.replace(/^promoted: /, '')]]);
 
@@ -174,15 +174,15 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.equal(s.outcome, 'completed');
     assert.equal(s.registry.stage, 'candidate');
     assert.equal(s.registry.decision, 'rejected by bo (worse on the rare class): kept as candidate (was eligible: first version of the model (no production yet))');
-    const v = versionOf(s);
+    const v = await versionOf(s);
     assert.equal(v.stage, 'candidate');
     assert.deepEqual(v.decisions.map((x) => [x.kind, x.by, x.reason]), [['rejected', 'bo', s.registry.decision]]);
-    assert.equal(reg.production('reject-me'), null);
+    assert.equal((await reg.production('reject-me')), null);
   });
 
   test('approval: a job cancelled while awaiting approval records that on the version and in its summary', async () => {
     const h = await untilAwaitingApproval('reject-me');
-    const version = reg.getByJob(h.workflowId)!.version;
+    const version = (await reg.getByJob(h.workflowId))!.version;
     await h.cancel();
     await assert.rejects(h.result());
     assert.equal((await h.describe()).status.name, 'CANCELLED');
@@ -190,7 +190,7 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.equal(s.outcome, 'cancelled');
     assert.deepEqual([s.registry.version, s.registry.stage], [version, 'candidate']);
     assert.match(s.registry.decision ?? '', /^job cancelled while awaiting approval: kept as candidate \(was eligible: /);
-    assert.deepEqual(reg.get('reject-me', version)!.decisions.map((x) => [x.kind, x.reason]), [['kept-candidate', s.registry.decision]]);
+    assert.deepEqual((await reg.get('reject-me', version))!.decisions.map((x) => [x.kind, x.reason]), [['kept-candidate', s.registry.decision]]);
   });
 
   test('approval: no signal within approvalTimeout (3s) → stays a candidate, timeout recorded', async () => {
@@ -205,9 +205,9 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.ok(!signals.includes('approve') && !signals.includes('reject'), `no approval signal was sent (signals: ${signals.join(', ')})`);
     assert.equal(s.registry.stage, 'candidate');
     assert.equal(s.registry.decision, 'approval timed out after 3s: kept as candidate (was eligible: first version of the model (no production yet))');
-    const v = versionOf(s);
+    const v = await versionOf(s);
     assert.deepEqual(v.decisions.map((x) => [x.kind, x.reason]), [['kept-candidate', s.registry.decision]]);
-    assert.equal(reg.production('timeout-me'), null);
+    assert.equal((await reg.production('timeout-me')), null);
   });
 
   test('a required metric the trainer never emits → registered incomplete, never promotable, CLI refuses', async () => {
@@ -218,7 +218,7 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.deepEqual(s.registry.missing_metrics, ['f1']);
     assert.equal(s.registry.decision, 'not promotable: incomplete, missing required metrics f1');
     assert.match((await h.query(progressQuery)).line, /v1 candidate INCOMPLETE \(missing f1\), not promotable/);
-    const before = reg.get('strict', 1)!;
+    const before = (await reg.get('strict', 1))!;
     assert.equal(before.complete, false);
     assert.deepEqual(before.missingMetrics, ['f1']);
     assert.ok(typeof before.metrics.val_loss === 'number', 'the metrics it did emit are kept');
@@ -235,8 +235,8 @@ describe('pipeline: evaluate, register, promote', () => {
     const unknownModel = await kiln('models', 'promote', 'nope', '1', '--reason', 'x', '--json');
     assert.equal(unknownModel.code, 1);
     assert.equal(JSON.parse(unknownModel.stdout).error.code, 'UNKNOWN_MODEL');
-    assert.deepEqual(reg.get('strict', 1), before, 'nothing changed');
-    assert.equal(reg.production('strict'), null);
+    assert.deepEqual((await reg.get('strict', 1)), before, 'nothing changed');
+    assert.equal((await reg.production('strict')), null);
   });
 
   test('registerVersion failing after its write is retried and still leaves exactly one version', async () => {
@@ -248,7 +248,7 @@ describe('pipeline: evaluate, register, promote', () => {
     const started = events.find((e) => Number(e.activityTaskStartedEventAttributes?.scheduledEventId) === Number(regScheduled.eventId))!;
     assert.equal(started.activityTaskStartedEventAttributes!.attempt, 2, 'the activity ran a second time');
     assert.match(started.activityTaskStartedEventAttributes!.lastFailure?.message ?? '', /injected fault: failing registerVersion after the write \(attempt 1\)/);
-    const versions = reg.list({ model: 'retried' });
+    const versions = (await reg.list({ model: 'retried' }));
     assert.equal(versions.length, 1);
     assert.equal(versions[0]!.jobId, h.workflowId);
     assert.deepEqual(versions[0]!.decisions.map((x) => x.kind), ['promoted']);
@@ -260,18 +260,18 @@ describe('pipeline: evaluate, register, promote', () => {
       assert.match(cause?.message ?? '', /already registered as retried v1 by an earlier run .*cannot register under the same job id/);
       return true;
     });
-    assert.deepEqual(reg.list({ model: 'retried' }), versions, 'the registry is unchanged');
+    assert.deepEqual((await reg.list({ model: 'retried' })), versions, 'the registry is unchanged');
   });
 
   test('rollback with the CLI (a real child process) re-points production, recorded with the reason', async () => {
-    assert.equal(reg.production('ranked')!.version, 2);
+    assert.equal((await reg.production('ranked'))!.version, 2);
     const back = await kiln('models', 'rollback', 'ranked', '--reason', 'v2 regressed on live traffic', '--by', 'ana', '--json');
     assert.equal(back.code, 0, back.stderr);
     assert.deepEqual(JSON.parse(back.stdout), { ok: true, model: 'ranked', from: 2, to: 1, stage: 'production', changed: true, reason: 'v2 regressed on live traffic', by: 'ana' });
-    assert.equal(reg.production('ranked')!.version, 1);
-    assert.equal(reg.get('ranked', 2)!.stage, 'archived');
+    assert.equal((await reg.production('ranked'))!.version, 1);
+    assert.equal((await reg.get('ranked', 2))!.stage, 'archived');
     assert.deepEqual(
-      [reg.get('ranked', 1)!.decisions.at(-1), reg.get('ranked', 2)!.decisions.at(-1)].map((x) => [x!.kind, x!.by, x!.reason]),
+      [(await reg.get('ranked', 1))!.decisions.at(-1), (await reg.get('ranked', 2))!.decisions.at(-1)].map((x) => [x!.kind, x!.by, x!.reason]),
       [
         ['rollback', 'ana', 'rollback from v2: v2 regressed on live traffic'],
         ['rollback', 'ana', 'rolled back to v1: v2 regressed on live traffic'],
@@ -281,20 +281,20 @@ describe('pipeline: evaluate, register, promote', () => {
     const forward = await kiln('models', 'rollback', 'ranked', '--to', '2', '--reason', 'false alarm', '--json');
     assert.equal(forward.code, 0, forward.stderr);
     assert.deepEqual([JSON.parse(forward.stdout).from, JSON.parse(forward.stdout).to], [1, 2]);
-    assert.equal(reg.production('ranked')!.version, 2);
+    assert.equal((await reg.production('ranked'))!.version, 2);
 
-    const snapshot = reg.list({ model: 'ranked' });
+    const snapshot = (await reg.list({ model: 'ranked' }));
     const bad = await kiln('models', 'rollback', 'ranked', '--to', '99', '--reason', 'x', '--json');
     assert.equal(bad.code, 1);
     assert.equal(JSON.parse(bad.stdout).error.code, 'UNKNOWN_VERSION');
     const noReason = await kiln('models', 'rollback', 'ranked');
     assert.equal(noReason.code, 2);
     assert.match(noReason.stderr, /--reason is required/);
-    assert.deepEqual(reg.list({ model: 'ranked' }), snapshot, 'refusals changed nothing');
+    assert.deepEqual((await reg.list({ model: 'ranked' })), snapshot, 'refusals changed nothing');
   });
 
   test('the registry survives a restart: a fresh process reads it from disk, a restarted worker continues it', async () => {
-    const before = reg.list();
+    const before = (await reg.list());
     const listed = await kiln('models', 'list', '--json');
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual(JSON.parse(listed.stdout), before);
@@ -313,10 +313,10 @@ describe('pipeline: evaluate, register, promote', () => {
     const next = await train('ranked', STRONG);
     assert.equal(next.registry.version, 4, 'numbering continues from the stored versions');
     assert.match(next.registry.decision ?? '', /\(production v2\)$/, 'compared against the stored production version');
-    assert.equal(reg.list().length, before.length + 1);
+    assert.equal((await reg.list()).length, before.length + 1);
     const shown = await kiln('models', 'show', 'ranked', '--json');
     const view = JSON.parse(shown.stdout) as { production: number; versions: ModelVersion[] };
     assert.deepEqual(view.versions.map((v) => v.version), [1, 2, 3, 4]);
-    assert.equal(view.production, reg.production('ranked')!.version);
+    assert.equal(view.production, (await reg.production('ranked'))!.version);
   });
 });

@@ -110,7 +110,7 @@ describe('reliability', { concurrency: true }, () => {
       const h = await submitJob(env.client, env.config, spec, { taskQueue: queue });
       const watch = watchJob(env, h.workflowId);
       const held = await waitFor(() => (fs.existsSync(marker) ? (JSON.parse(fs.readFileSync(marker, 'utf8')) as { pid: number; version: number }) : null), 60_000, 'registerVersion to write the registry');
-      assert.equal(registryVersionsForJob(env.home, h.workflowId), 1, 'the version is stored before the kill');
+      assert.equal(await registryVersionsForJob(env.home, h.workflowId), 1, 'the version is stored before the kill');
       first.kill('SIGKILL');
       await first.exited;
       const t0 = Date.now();

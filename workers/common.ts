@@ -9,6 +9,7 @@ import type { NativeConnection } from '@temporalio/worker';
 import { resolveCommand, type KilnConfig } from '../src/config/load';
 import type { Logger } from '../src/logger';
 import { lazyRegistry } from '../src/registry/open';
+import type { ModelRegistry } from '../src/registry/types';
 import { connectNative } from '../src/temporal/connect';
 import type { CommonDeps } from '../activities/deps';
 
@@ -25,18 +26,26 @@ export interface WorkerBase {
   log: Logger;
   connection: NativeConnection;
   deps: CommonDeps;
+  /** Closes the registry if it was opened. */
+  closeRegistry: () => Promise<void>;
 }
 
 export async function workerBase(config: KilnConfig, log: Logger, role: string): Promise<WorkerBase> {
   const connection = await connectNative(config);
   const client = new Client({ connection, namespace: config.server.namespace });
+  const registry = lazyRegistry(config);
+  let opened: Promise<ModelRegistry> | undefined;
   const deps: CommonDeps = {
     config,
     log,
     client,
     workerId: `${os.hostname()}:${process.pid}:${role}`,
-    registry: lazyRegistry(config),
+    registry: () => (opened = registry()),
     trainerArgv: (cmd) => resolveCommand(config, cmd),
   };
-  return { config, log, connection, deps };
+  const closeRegistry = async () => {
+    const reg = await opened?.catch(() => undefined);
+    await reg?.close();
+  };
+  return { config, log, connection, deps, closeRegistry };
 }

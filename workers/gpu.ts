@@ -73,14 +73,9 @@ export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Wo
     gpus: leases,
     metrics,
     sampleGpus,
-    isPinned: (p) => {
-      try {
-        return base.deps.registry().isPinned(p);
-      } catch {
-        // Without a readable registry, keep everything rather than delete a registered checkpoint.
-        return true;
-      }
-    },
+    // A GPU worker never opens the registry: the job carries its pinned paths (PreparedJob.pinned).
+    registry: () => Promise.reject(new Error('a GPU worker does not open the model registry (only the control worker and the CLI do)')),
+    isPinned: () => false,
     onTrainerStarted: o.onTrainerStarted,
   };
   o.log.info({ pool: o.pool, devices, slots }, devices.length ? 'GPU pool' : 'no GPU found (nvidia-smi absent or empty): running on CPU slots');

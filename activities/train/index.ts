@@ -12,6 +12,7 @@
  */
 import { Context } from '@temporalio/activity';
 import type { TrainResult } from '../../src/shared/summary';
+import { pinnedBy } from '../../src/registry/pinned';
 import type { GpuDeps } from '../deps';
 import { beginAttempt, leaseGpus, type TrainInput } from './attempt';
 import { ProgressChannel, TrainProgress } from './progress';
@@ -19,9 +20,12 @@ import { superviseTrainer } from './supervise';
 
 export type { TrainInput } from './attempt';
 
-export function createTrain(deps: GpuDeps) {
+export function createTrain(workerDeps: GpuDeps) {
   return async function train(input: TrainInput): Promise<TrainResult> {
     const ctx = Context.current();
+    // What the registry pins in this job's folder comes with the job: a GPU worker opens no database.
+    const pinned = input.prepared.pinned ?? [];
+    const deps: GpuDeps = { ...workerDeps, isPinned: (p) => pinnedBy(pinned, p) || workerDeps.isPinned(p) };
     const a = await beginAttempt(deps, ctx.info, input);
     const { gpuIds, leaseOwner } = await leaseGpus(deps, ctx, a);
     deps.metrics.jobStarted(a.p.spec.pool);

@@ -161,8 +161,8 @@ export async function oneRun(env: KilnTestEnv, run: number, o: RunOptions): Prom
   const visible = await visibleCompleted(env, prefix, o.jobs);
   const slow = await stragglers(env, samples);
   const reg = new SqliteModelRegistry(path.join(env.home, 'registry.sqlite'));
-  const versions = reg.list().filter((v) => v.jobId.startsWith(`${prefix}-`));
-  reg.close();
+  const versions = (await reg.list()).filter((v) => v.jobId.startsWith(`${prefix}-`));
+  await reg.close();
 
   return {
     run,

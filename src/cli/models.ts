@@ -1,33 +1,26 @@
 /**
  * Registry verbs: `kiln models list|show|promote|rollback`. The registry is the SQLite file in the
- * state folder (<KILN_HOME>/registry.sqlite). Approvals (`kiln approve|reject`) are in control.ts.
+ * state folder (<KILN_HOME>/registry.sqlite), or the PostgreSQL database of registry.url. Approvals
+ * (`kiln approve|reject`) are in control.ts.
  */
-import * as fs from 'node:fs';
 import type { KilnConfig } from '../config/load';
 import { UsageError } from '../shared/errors';
 import { formatMetric } from '../registry/promotion';
-import { SqliteModelRegistry } from '../registry/sqlite';
 import type { ModelRegistry, ModelVersion, Stage } from '../registry/types';
-import { registryPath } from '../registry/open';
+import { openRegistry, registryPath, registryWhere } from '../registry/open';
 import { bool, parseArgs, str, type Parsed } from './args';
 import { defaultBy, guarded, Refused } from './refused';
 import type { CliContext, Verb } from './verb';
 
 const STAGES: readonly Stage[] = ['candidate', 'production', 'archived'];
 
-/** Opens the registry only when its file exists: reading must not create an empty database. */
-function openRegistry(config: KilnConfig): ModelRegistry | null {
-  const file = registryPath(config);
-  if (!fs.existsSync(file)) return null;
-  return new SqliteModelRegistry(file);
-}
-
+/** Opens the registry; an embedded one only when its file exists: reading must not create an empty database. */
 async function withRegistry<T>(config: KilnConfig, fn: (reg: ModelRegistry | null) => T | Promise<T>): Promise<T> {
-  const reg = openRegistry(config);
+  const reg = await openRegistry(config, { ifExists: true });
   try {
     return await fn(reg);
   } finally {
-    reg?.close();
+    await reg?.close();
   }
 }
 
@@ -38,16 +31,16 @@ function parseVersion(raw: string | undefined, verb: string, example: string): n
   return Number(m[1]);
 }
 
-function registeredModels(reg: ModelRegistry | null): string[] {
-  return reg ? [...new Set(reg.list().map((v) => v.model))] : [];
+async function registeredModels(reg: ModelRegistry | null): Promise<string[]> {
+  return reg ? [...new Set((await reg.list()).map((v) => v.model))] : [];
 }
 
 /** The model's versions, or a refusal that lists what the registry does hold. */
-function requireModel(config: KilnConfig, reg: ModelRegistry | null, model: string): ModelVersion[] {
-  const versions = reg ? reg.list({ model }) : [];
+async function requireModel(config: KilnConfig, reg: ModelRegistry | null, model: string): Promise<ModelVersion[]> {
+  const versions = reg ? await reg.list({ model }) : [];
   if (versions.length) return versions;
-  const known = registeredModels(reg);
-  const where = reg ? `the registry at ${registryPath(config)}` : `the registry (no ${registryPath(config)} yet: no job has registered a version)`;
+  const known = await registeredModels(reg);
+  const where = reg ? `the registry at ${reg.where}` : `the registry (no ${registryPath(config)} yet: no job has registered a version)`;
   const configured = config.models[model] ? ` ("${model}" is configured but has no registered version yet; train it with kiln submit ${model})` : '';
   throw new Refused('UNKNOWN_MODEL', `unknown model "${model}" in ${where}${configured}; registered models: ${known.join(', ') || 'none'}`);
 }
@@ -114,11 +107,11 @@ async function list(ctx: CliContext, argv: string[]): Promise<number> {
   const model = str(p, 'model');
   const config = ctx.config();
   return guarded(ctx, 'models list', bool(p, 'json'), () =>
-    withRegistry(config, (reg) => {
-      if (model !== undefined && !config.models[model]) requireModel(config, reg, model);
-      const versions = reg ? reg.list({ model, stage: stage as Stage | undefined }) : [];
+    withRegistry(config, async (reg) => {
+      if (model !== undefined && !config.models[model]) await requireModel(config, reg, model);
+      const versions = reg ? await reg.list({ model, stage: stage as Stage | undefined }) : [];
       if (bool(p, 'json')) ctx.out(JSON.stringify(versions));
-      else if (versions.length === 0) ctx.out(`(no versions${model ? ` of ${model}` : ''}${stage ? ` in stage ${stage}` : ''}; registry: ${registryPath(config)})`);
+      else if (versions.length === 0) ctx.out(`(no versions${model ? ` of ${model}` : ''}${stage ? ` in stage ${stage}` : ''}; registry: ${registryWhere(config)})`);
       else for (const l of renderTable(config, versions)) ctx.out(l);
       return 0;
     }),
@@ -133,8 +126,8 @@ async function show(ctx: CliContext, argv: string[]): Promise<number> {
   const version = rawVersion === undefined ? undefined : parseVersion(rawVersion, 'models show', `kiln models show ${model} 3`);
   const config = ctx.config();
   return guarded(ctx, 'models show', bool(p, 'json'), () =>
-    withRegistry(config, (reg) => {
-      const versions = requireModel(config, reg, model);
+    withRegistry(config, async (reg) => {
+      const versions = await requireModel(config, reg, model);
       if (version !== undefined) {
         const v = requireVersion(versions, model, version);
         ctx.out(bool(p, 'json') ? JSON.stringify(v) : renderVersion(config, v).join('\n'));
@@ -172,13 +165,13 @@ async function promote(ctx: CliContext, argv: string[]): Promise<number> {
   const config = ctx.config();
   const json = bool(p, 'json');
   return guarded(ctx, 'models promote', json, () =>
-    withRegistry(config, (reg) => {
-      const versions = requireModel(config, reg, model);
+    withRegistry(config, async (reg) => {
+      const versions = await requireModel(config, reg, model);
       const target = requireVersion(versions, model, version);
       const before = versions.find((v) => v.stage === 'production') ?? null;
       const changed = before?.version !== target.version;
       // The registry refuses an incomplete version inside its transaction, so nothing changes.
-      const after = reg!.promote(model, version, { reason, by, kind: 'manual-promote' });
+      const after = await reg!.promote(model, version, { reason, by, kind: 'manual-promote' });
       const result = { ok: true, model, version, stage: after.stage, changed, previous: before?.version ?? null, reason, by };
       if (json) ctx.out(JSON.stringify(result));
       else if (!changed) ctx.out(`${model} v${version} is already production; nothing changed`);
@@ -199,11 +192,11 @@ async function rollback(ctx: CliContext, argv: string[]): Promise<number> {
   const config = ctx.config();
   const json = bool(p, 'json');
   return guarded(ctx, 'models rollback', json, () =>
-    withRegistry(config, (reg) => {
-      const versions = requireModel(config, reg, model);
+    withRegistry(config, async (reg) => {
+      const versions = await requireModel(config, reg, model);
       if (to !== undefined) requireVersion(versions, model, to);
       const before = versions.find((v) => v.stage === 'production') ?? null;
-      const after = reg!.rollback(model, { to, reason, by });
+      const after = await reg!.rollback(model, { to, reason, by });
       const changed = before?.version !== after.version;
       const result = { ok: true, model, from: before?.version ?? null, to: after.version, stage: after.stage, changed, reason, by };
       if (json) ctx.out(JSON.stringify(result));
@@ -219,7 +212,8 @@ kiln models show <model> [version] [--json]
 kiln models promote <model> <version> --reason TEXT [--by NAME] [--json]
 kiln models rollback <model> [--to VERSION] --reason TEXT [--by NAME] [--json]
 
-The model registry: <state folder>/registry.sqlite (KILN_HOME overrides state.home in temporal.yaml).
+The model registry: <state folder>/registry.sqlite (KILN_HOME overrides state.home in temporal.yaml),
+or the PostgreSQL database of registry.url in temporal.yaml, shared by every host.
 
   list      versions with stage, completeness and headline metrics
   show      one model (its versions, and the production or newest version in full), or one version:

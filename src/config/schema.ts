@@ -236,6 +236,20 @@ export const StorageSchema = z.discriminatedUnion('kind', [
     }),
 ], { error: (iss) => (iss.code === 'invalid_union' ? 'kind must be "local" (the default) or "s3"' : undefined) });
 
+/**
+ * The model registry. Empty `url`: the embedded SQLite file in the state folder (one host). A
+ * `postgres://user:${PGPASSWORD}@host:5432/db` URL: one PostgreSQL database every host shares.
+ */
+export const RegistrySchema = z.strictObject({
+  url: z
+    .string()
+    .optional()
+    .transform((v) => (v ? v : undefined))
+    .refine((v) => v === undefined || /^postgres(ql)?:\/\/[^\s/]+/.test(v), {
+      message: 'a postgres:// URL, e.g. "postgres://kiln:${PGPASSWORD}@db.internal:5432/kiln" (leave it empty for the embedded SQLite registry)',
+    }),
+});
+
 export const ModelSchema = z.strictObject({
   description: z.string().optional(),
   trainer: name,
@@ -267,6 +281,7 @@ export const ConfigSchema = z.strictObject({
   timeouts: TimeoutsSchema.prefault({}),
   datasets: DatasetsSchema.prefault({}),
   storage: StorageSchema.prefault({}),
+  registry: RegistrySchema.prefault({}),
   logging: z.strictObject({ level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info') }).prefault({}),
 });
 
@@ -282,3 +297,4 @@ export type PoolConfig = z.output<typeof PoolSchema>;
 export type DatasetsConfig = z.output<typeof DatasetsSchema>;
 export type DatasetVersionConfig = z.output<typeof DatasetVersionSchema>;
 export type StorageConfig = z.output<typeof StorageSchema>;
+export type RegistryConfig = z.output<typeof RegistrySchema>;

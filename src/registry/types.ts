@@ -101,7 +101,9 @@ export type RegistryErrorCode =
   | 'NO_PRODUCTION'
   | 'JOB_CONFLICT'
   | 'INVALID_INPUT'
-  | 'SCHEMA_TOO_NEW';
+  | 'SCHEMA_TOO_NEW'
+  /** The database could not be reached or refused the login; retrying may help, a config fix will. */
+  | 'UNAVAILABLE';
 
 export class RegistryError extends Error {
   override readonly name = 'RegistryError';
@@ -122,33 +124,38 @@ export class RegistryError extends Error {
 }
 
 /**
- * Storage-agnostic model registry. Workflows and activities depend on this
- * interface only, so an MLflow-backed implementation can replace SQLite.
+ * Storage-agnostic model registry (SQLite in the state folder, or PostgreSQL shared by every host).
+ * Workflows and activities depend on this interface only. Every call is async: a shared backend
+ * answers over the network.
  */
 export interface ModelRegistry {
+  /** Where it lives, secrets masked: a file path or postgres://user:***@host/db. */
+  readonly where: string;
   /** Idempotent by jobId: a repeated call returns the existing version with created=false. */
-  register(input: RegisterInput): RegisterResult;
-  get(model: string, version: number): ModelVersion | null;
-  getByJob(jobId: string): ModelVersion | null;
+  register(input: RegisterInput): Promise<RegisterResult>;
+  get(model: string, version: number): Promise<ModelVersion | null>;
+  getByJob(jobId: string): Promise<ModelVersion | null>;
   /** Ordered by model, then version. */
-  list(filter?: ListFilter): ModelVersion[];
-  production(model: string): ModelVersion | null;
+  list(filter?: ListFilter): Promise<ModelVersion[]>;
+  production(model: string): Promise<ModelVersion | null>;
   /**
    * Makes `version` production and archives the previous production version,
    * recording a decision on both. Promoting the current production version is
    * a no-op (safe to retry). Throws RegistryError and changes nothing when the
    * model/version is unknown or the version is incomplete.
    */
-  promote(model: string, version: number, opts: PromoteOptions): ModelVersion;
+  promote(model: string, version: number, opts: PromoteOptions): Promise<ModelVersion>;
   /** Appends to the version's decision log; an exact repeat of the latest decision is ignored. */
-  recordDecision(model: string, version: number, decision: DecisionInput): ModelVersion;
+  recordDecision(model: string, version: number, decision: DecisionInput): Promise<ModelVersion>;
   /** Re-points production; returns the new production version. */
-  rollback(model: string, opts: RollbackOptions): ModelVersion;
+  rollback(model: string, opts: RollbackOptions): Promise<ModelVersion>;
   /** Checkpoint and artifact paths of every registered version, sorted, deduplicated. */
-  pinnedCheckpoints(): string[];
+  pinnedCheckpoints(): Promise<string[]>;
   /** True when deleting `path` would delete, or be inside, a pinned path. */
-  isPinned(path: string): boolean;
+  isPinned(path: string): Promise<boolean>;
   /** createdAt of the newest version of the model, or null if it has none. */
-  lastTrainedAt(model: string): string | null;
-  close(): void;
+  lastTrainedAt(model: string): Promise<string | null>;
+  /** The schema version the database is at (after migrations). */
+  schemaVersion(): Promise<number>;
+  close(): Promise<void>;
 }

@@ -97,6 +97,12 @@ export interface PreparedJob {
   evaluate: { command: boolean; queue: 'control' | 'gpu'; timeoutMs: number };
   progressIntervalMs: number;
   workDir: string;
+  /**
+   * Paths in (or above) the work dir that registered versions pin against retention, found by the
+   * control worker in the registry when the job was prepared; GPU workers never open the registry.
+   * Absent in jobs prepared by older builds: nothing pinned.
+   */
+  pinned?: string[];
 }
 
 /** `spirals · example · lr=0.1 epochs=5` for the UI's static summary. */

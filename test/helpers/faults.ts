@@ -117,7 +117,7 @@ export async function assertRecovered(env: KilnTestEnv, h: WorkflowHandle, watch
   }
   assert.ok(finalFiles.length <= e.retention, `after the job: ${finalFiles.length} checkpoint files (${finalFiles.join(', ')}); retention allows ${e.retention}`);
 
-  assert.equal(registryVersionsForJob(env.home, jobId), 1, 'registry holds exactly one version for the job');
+  assert.equal(await registryVersionsForJob(env.home, jobId), 1, 'registry holds exactly one version for the job');
   assert.equal(s.registry.version !== null, true, 'summary names the registered version');
   return { summary: s, resumedFrom, lostSteps };
 }

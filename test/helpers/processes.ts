@@ -293,17 +293,17 @@ export function lastVerifiedStep(workDir: string): number {
 }
 
 /** Versions in the registry that name this job (opened read-only by a second connection). */
-export function registryVersionsForJob(home: string, jobId: string): number {
+export async function registryVersionsForJob(home: string, jobId: string): Promise<number> {
   const file = path.join(home, 'registry.sqlite');
   if (!fs.existsSync(file)) return 0;
   const reg = new SqliteModelRegistry(file);
   try {
-    const byJob = reg.getByJob(jobId);
-    const listed = reg.list().filter((v) => v.jobId === jobId).length;
+    const byJob = await reg.getByJob(jobId);
+    const listed = (await reg.list()).filter((v) => v.jobId === jobId).length;
     if (byJob === null && listed !== 0) throw new Error(`registry: list() has ${listed} versions for ${jobId} but getByJob() has none`);
     return listed;
   } finally {
-    reg.close();
+    await reg.close();
   }
 }
 
