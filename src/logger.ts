@@ -13,6 +13,8 @@ const SECRET_KEYS = new Set(['apiKey', 'TEMPORAL_API_KEY', 'auth', 'authorizatio
 /** `key` is a secret under these parents: server.tls.key (a path) and clientCertPair.key (the contents). */
 const KEY_PARENTS = new Set(['tls', 'clientCertPair']);
 const CENSOR = '[redacted]';
+/** The password of a URL with credentials (registry.url: postgres://user:password@host/db). */
+const URL_PASSWORD = /([a-z][a-z0-9+.-]*:\/\/[^:/@\s]*:)[^@\s/]*@/gi;
 // Child bindings skip pino's formatters, so they also get pino's path-based redaction (four levels deep).
 const REDACT_PATHS = [...SECRET_KEYS, 'tls.key', 'clientCertPair.key'].flatMap((k) => [k, `*.${k}`, `*.*.${k}`, `*.*.*.${k}`]);
 
@@ -24,7 +26,7 @@ function isPlain(v: unknown): v is Record<string, unknown> {
 
 /** A copy of `v` with secret fields replaced; Errors, Buffers and class instances pass through untouched. */
 export function redactSecrets(v: unknown, parent = '', depth = 0): unknown {
-  if (typeof v === 'string') return v.includes('PRIVATE KEY-----') ? CENSOR : v;
+  if (typeof v === 'string') return v.includes('PRIVATE KEY-----') ? CENSOR : v.replace(URL_PASSWORD, '$1***@');
   if (depth > 12) return v;
   if (Array.isArray(v)) return v.map((x) => redactSecrets(x, parent, depth + 1));
   if (!isPlain(v)) return v;

@@ -13,6 +13,7 @@ import { KILN_SEARCH_ATTRIBUTES } from '../shared/searchAttributes';
 import { detectGpus } from '../supervisor/gpu';
 import { connectClient, serverAddress } from '../temporal/connect';
 import { bool, parseArgs, str } from './args';
+import { checkRegistry, checkStorage } from './doctorBackends';
 import type { CliContext, Verb } from './verb';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -227,6 +228,8 @@ export async function runDoctor(loadCfg: () => KilnConfig, o: { controlQueue?: s
   }
   checks.push(...checkStateFolder(config));
   checks.push(...(await checkGpuSlots(config)));
+  checks.push(await checkStorage(config));
+  checks.push(await checkRegistry(config, { connectTimeoutMs: o.connectTimeoutMs ?? 5000 }));
 
   const address = serverAddress(config);
   let client: Client | undefined;
@@ -281,11 +284,13 @@ async function doctor(ctx: CliContext): Promise<number> {
 }
 
 export const doctorVerb: Verb = {
-  summary: 'check server, namespace, search attributes, workers, GPU slots, config and state folder',
+  summary: 'check server, namespace, search attributes, workers, GPU slots, storage, registry, config and state folder',
   usage: `kiln doctor [--json] [--control-queue Q]
 
 Checks, each with a fix hint when it fails:
   temporal.yaml valid; state and artifacts folders writable; GPU slots per pool (config + nvidia-smi);
+  object storage (a probe object written, read back, conditional writes refused as they must be,
+  deleted); the model registry (SQLite file or registry.url reachable, its schema version);
   server reachable; namespace exists; search attributes KilnModel/KilnPhase/KilnTrigger registered;
   live pollers on ${TASK_QUEUE_CONTROL} (workflow + activity) and on kiln-gpu-<pool> for every pool.
 Exit code 0 when every check passes (warnings allowed), 1 when any fails.

@@ -3,6 +3,7 @@
  * (`kiln worker` lives in workers/cli.ts; bin/kiln adds it). The heavy parts (server, workers) are
  * imported only when their verb runs.
  */
+import { registryWhere } from '../registry/open';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { resolveCommand, type KilnConfig } from '../config/load';
@@ -45,8 +46,10 @@ async function configVerb(ctx: CliContext): Promise<number> {
   if (p.positional[0] !== 'check') throw new UsageError('kiln config: the only sub-command is `kiln config check`');
   const c = ctx.config();
   const warnings = preflightWarnings(c);
-  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok: true, file: c.file, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools), warnings }));
-  else ctx.out(`${c.file}: OK — ${Object.keys(c.trainers).length} trainer(s), ${Object.keys(c.models).length} model(s) [${Object.keys(c.models).join(', ')}], pools [${Object.keys(c.workers.pools).join(', ')}], state in ${c.home}`);
+  // Where the registry is, with any password in registry.url masked.
+  const registry = registryWhere(c);
+  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok: true, file: c.file, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools), registry, warnings }));
+  else ctx.out(`${c.file}: OK — ${Object.keys(c.trainers).length} trainer(s), ${Object.keys(c.models).length} model(s) [${Object.keys(c.models).join(', ')}], pools [${Object.keys(c.workers.pools).join(', ')}], state in ${c.home}, registry ${registry}`);
   for (const w of warnings) process.stderr.write(`kiln config check: warning: ${w}\n`);
   return 0;
 }

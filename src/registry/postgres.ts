@@ -151,6 +151,20 @@ async function migrate(pool: Pool, where: string): Promise<void> {
   }
 }
 
+/** The schema version of the database at `url` (0: no schema yet), without creating or migrating anything. */
+export async function inspectPostgres(url: string, o: PostgresOptions = {}): Promise<{ where: string; schemaVersion: number; supported: number }> {
+  const where = redactUrl(url);
+  const pool = new Pool({ connectionString: url, max: 1, connectionTimeoutMillis: o.connectTimeoutMs ?? 5000 });
+  pool.on('error', () => undefined);
+  try {
+    return { where, schemaVersion: await readVersion(txOn(pool)), supported: PG_SCHEMA_VERSION };
+  } catch (err) {
+    throw named(where, err);
+  } finally {
+    await pool.end().catch(() => undefined);
+  }
+}
+
 export interface PostgresOptions {
   /** Connection timeout; default 5 s. */
   connectTimeoutMs?: number;
