@@ -141,8 +141,8 @@ describe('bad submissions: non-zero exit, nothing started, nothing stored change
     );
     // A registry with one version in it, so "unchanged" is about real bytes.
     const reg = new SqliteModelRegistry(path.join(env.home, 'registry.sqlite'));
-    reg.register({ model: 'spirals', jobId: 'seed-job', runId: 'r', trainer: 'example', params: {}, datasetFingerprint: 'f', baseCheckpoint: null, metrics: { val_loss: 1, accuracy: 0.5 }, artifactPath: null, checkpointPath: null, requiredMetrics: [] });
-    reg.close();
+    await reg.register({ model: 'spirals', jobId: 'seed-job', runId: 'r', trainer: 'example', params: {}, datasetFingerprint: 'f', baseCheckpoint: null, metrics: { val_loss: 1, accuracy: 0.5 }, artifactPath: null, checkpointPath: null, requiredMetrics: [] });
+    await reg.close();
     registryFiles = ['', '-wal', '-shm'].map((s) => path.join(env.home, `registry.sqlite${s}`));
     fs.mkdirSync(env.config.artifactsRoot, { recursive: true });
   });

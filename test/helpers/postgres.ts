@@ -26,10 +26,15 @@ export interface PgCluster {
   stop(): Promise<void>;
 }
 
+/** `pg_config --bindir`, else the newest /usr/lib/postgresql/<n>/bin (Debian's layout) with an initdb. */
 function bindir(): string | null {
   const r = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' });
   const dir = r.status === 0 ? r.stdout.trim() : '';
-  return dir && fs.existsSync(path.join(dir, 'initdb')) ? dir : null;
+  if (dir && fs.existsSync(path.join(dir, 'initdb'))) return dir;
+  const root = '/usr/lib/postgresql';
+  const versions = fs.existsSync(root) ? fs.readdirSync(root).filter((v) => fs.existsSync(path.join(root, v, 'bin', 'initdb'))) : [];
+  versions.sort((a, b) => Number(b) - Number(a));
+  return versions.length ? path.join(root, versions[0]!, 'bin') : null;
 }
 
 /** Why PostgreSQL tests cannot run here, or false when they can. */
