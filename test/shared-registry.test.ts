@@ -11,6 +11,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { JobSummary } from '../src/shared/summary';
+import type { JobSpec, PreparedJob } from '../src/shared/spec';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import type { CommonDeps } from '../activities/deps';
+import { createPrepareJob } from '../activities/prepare';
+import { buildSpec } from '../src/config/spec';
+import { openRegistry } from '../src/registry/open';
 import { defaultConfigYaml, startKilnEnv, type KilnTestEnv } from './helpers/kiln';
 import { motoCommand, startMoto, type MotoServer } from './helpers/moto';
 import { noPostgres, startPostgres, type PgCluster } from './helpers/postgres';
@@ -68,6 +74,22 @@ describe('shared registry on PostgreSQL, doctor storage and registry checks', { 
     assert.deepEqual(decisions.map((r) => r.kind), ['promoted']);
     assert.equal(fs.existsSync(path.join(env.home, 'registry.sqlite')), false, 'neither worker opened a SQLite registry');
 
+    // What a GPU worker keeps in retention comes with the job: prepareJob (control) looks it up.
+    const reg = await openRegistry(env.config);
+    // The real activity, run with the SDK's activity context (its dataset check heartbeats).
+    const prepareJob = createPrepareJob({ config: env.config, registry: async () => reg! } as unknown as CommonDeps);
+    const prepare = (spec: JobSpec, jobId: string): Promise<PreparedJob> => new MockActivityEnvironment().run(prepareJob, spec, jobId);
+    try {
+      const v1 = (await reg!.getByJob(h.workflowId))!;
+      const again = await prepare(buildSpec(env.config, 'spirals', {}), h.workflowId);
+      assert.deepEqual(again.pinned, [v1.artifactPath, v1.checkpointPath].sort(), 'a job id with a registered version carries its pinned paths');
+      assert.ok(again.pinned!.every((p) => p.startsWith(again.workDir + path.sep)));
+      const other = await prepare(buildSpec(env.config, 'spirals', {}), 'train-spirals-unregistered');
+      assert.equal(other.pinned, undefined, 'nothing pinned in a fresh work dir');
+    } finally {
+      await reg!.close();
+    }
+
     const listed = await runKiln(env, ['models', 'list', '--json']);
     assert.equal(listed.code, 0, listed.stderr);
     const versions = JSON.parse(listed.stdout) as Array<{ model: string; version: number; jobId: string; stage: string }>;
@@ -93,6 +115,12 @@ describe('shared registry on PostgreSQL, doctor storage and registry checks', { 
       assert.match(r.stderr, why, name);
       assert.ok(!(r.stdout + r.stderr).includes('worker started'), `${name}: the worker must not start`);
       noSecret(r.stdout + r.stderr);
+      if (name === 'not-postgres.yaml') continue;
+      // The CLI refuses the same way, and changes nothing.
+      const cli = await runKiln(env, ['models', 'list'], { env: { KILN_CONFIG: path.join(env.home, name) }, timeoutMs: 30_000 });
+      assert.equal(cli.code, 1, `${name}: ${cli.stdout}\n${cli.stderr}`);
+      assert.match(cli.stderr, new RegExp(`kiln models list: ${why.source}`), name);
+      noSecret(cli.stdout + cli.stderr);
     }
   });
 
