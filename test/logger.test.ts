@@ -83,4 +83,19 @@ describe('logger redaction', () => {
     assertClean(out);
     assert.match(out, /INFO {2}redaction-test: config loaded/);
   });
+
+  test('a password in a URL (registry.url) is masked wherever the string is logged', () => {
+    const { log, text } = capture(false);
+    const pw = 'pg-Pa55word-8d1e';
+    const config = parseConfigText('version: 1\nregistry:\n  url: postgres://kiln:${KILN_PG_PASSWORD}@db.internal:5432/kiln\n', path.join(os.tmpdir(), 'temporal.yaml'), { KILN_PG_PASSWORD: pw });
+    assert.equal(config.registry.url, `postgres://kiln:${pw}@db.internal:5432/kiln`, 'the password really is in the loaded config');
+    log.info({ config }, 'config loaded');
+    log.info({ url: config.registry.url, nested: { list: [config.registry.url] } }, 'registry');
+    const out = text();
+    assert.ok(!out.includes(pw), `the password leaked:\n${out}`);
+    const lines = out.trim().split('\n').map((l) => JSON.parse(l) as { config?: { registry: { url: string } }; url?: string; nested?: { list: string[] } });
+    assert.equal(lines[0]!.config!.registry.url, 'postgres://kiln:***@db.internal:5432/kiln');
+    assert.equal(lines[1]!.url, 'postgres://kiln:***@db.internal:5432/kiln');
+    assert.deepEqual(lines[1]!.nested!.list, ['postgres://kiln:***@db.internal:5432/kiln']);
+  });
 });

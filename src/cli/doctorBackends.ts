@@ -28,7 +28,7 @@ export async function checkStorage(config: KilnConfig): Promise<Check> {
   const title = 'object storage usable';
   let uri: string = config.storage.kind;
   try {
-    const store = openStore(config.storage, { home: config.home, baseDir: path.dirname(config.file) });
+    const store = openStore(config.storage, { home: config.home, baseDir: config.baseDir });
     uri = store.uri;
     const r = await store.probe();
     return { id: 'storage', title, status: 'ok', detail: `${r.uri}: probe object written, read back, conditional writes refused as they must be, deleted (${r.ms} ms)` };
