@@ -16,16 +16,9 @@ import { bool, parseArgs, str } from './args';
 import { checkRegistry, checkStorage } from './doctorBackends';
 import type { CliContext, Verb } from './verb';
 
-export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
+import type { Check, CheckStatus } from './doctorCheck';
 
-export interface Check {
-  id: string;
-  title: string;
-  status: CheckStatus;
-  detail: string;
-  /** What to do about a failure or warning. */
-  hint?: string;
-}
+export type { Check, CheckStatus } from './doctorCheck';
 
 export interface DoctorReport {
   ok: boolean;

@@ -12,7 +12,7 @@ import { SCHEMA_VERSION } from '../registry/migrations';
 import { registryPath } from '../registry/open';
 import { RegistryError } from '../registry/types';
 import { openStore, StorageUnavailable } from '../storage';
-import type { Check } from './doctor';
+import type { Check } from './doctorCheck';
 
 const errText = (err: unknown) => String((err as Error)?.message ?? err).split('\n')[0]!;
 
