@@ -40,7 +40,8 @@ function signalVerb(what: SignalName): (ctx: CliContext) => Promise<number> {
     const p = parseArgs(ctx.argv, spec, what);
     const id = jobIdArg(p, what);
     return withClient(ctx.config(), async (client) => {
-      const answer = await controlJob(client, id, what, { reason: str(p, 'reason'), by: defaultBy() });
+      // A cancel names its source, so the job's end reason reads `cancelled: wrong lr (by kiln cancel, ann)`.
+      const answer = await controlJob(client, id, what, { reason: str(p, 'reason'), by: what === 'cancel' ? `kiln cancel, ${defaultBy()}` : defaultBy() });
       if (!answer.accepted) {
         process.stderr.write(`kiln ${what}: ${id}: ${answer.refusal.message}\n`);
         if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: false, accepted: false, code: answer.refusal.code, reason: answer.refusal.message }));
