@@ -28,7 +28,8 @@ async function waitForEffect(client: Client, jobId: string, what: SignalName, ti
     const st = { status: d.status.name, phase };
     if (what === 'cancel' && st.status !== 'RUNNING') return st;
     if (what === 'pause' && (phase === 'paused' || st.status !== 'RUNNING')) return st;
-    if (what === 'resume' && (phase !== 'paused' || st.status !== 'RUNNING')) return st;
+    // Resumed means training again: a new attempt is queued until its trainer reports (it may wait for a slot).
+    if (what === 'resume' && ((phase !== 'paused' && phase !== 'queued') || st.status !== 'RUNNING')) return st;
     if (Date.now() > deadline) throw new Error(`kiln ${what}: sent, but ${jobId} still shows ${st.status.toLowerCase()} / ${phase} after ${timeoutMs} ms (kiln status ${jobId})`);
     await new Promise((r) => setTimeout(r, 300));
   }
@@ -148,7 +149,7 @@ Examples:
     usage: `kiln resume <job> [--reason TEXT] [--wait [--timeout MS]] [--json]
 
 Sends the resume Update. Only a paused (or pausing) job can be resumed; the job refuses anything else
-with the reason (exit 1). --wait returns once it left the paused phase.
+with the reason (exit 1). --wait returns once it trains again (queued until a slot takes it).
 
 Example:
   kiln resume train-spirals-3k9x2a --wait`,
