@@ -6,7 +6,7 @@
  * GPU workers as child processes, the real CLI.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import type { temporal } from '@temporalio/proto';
@@ -74,6 +74,17 @@ describe('operator views: queued, end reasons, live workers', () => {
     assert.match(st.stdout, /worker: -/, 'a queued job runs on no worker');
     const listed = await kilnJson<Array<{ jobId: string; phase: string }>>(['list', '--phase', 'queued']);
     assert.deepEqual(listed.map((r) => r.jobId), [c.workflowId]);
+    // kiln watch (plain lines) says what it waits for.
+    const watcher = spawn(process.execPath, [KILN_BIN, 'watch', c.workflowId, '--interval', '300'], { env: { ...process.env, KILN_CONFIG: env.configFile, KILN_HOME: env.home, TEMPORAL_ADDRESS: env.address }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let watched = '';
+    watcher.stdout.on('data', (d: Buffer) => (watched += d.toString('utf8')));
+    const watcherExited = new Promise((r) => watcher.once('close', r));
+    try {
+      await waitFor(() => watched.includes(`${c.workflowId} queued: waiting for a slot in pool gpu (2/2 busy, 1 live worker)`), 20_000, `kiln watch to show the queued line (got ${JSON.stringify(watched)})`);
+    } finally {
+      watcher.kill('SIGKILL');
+      await watcherExited;
+    }
 
     // kiln cancel --reason frees a slot: the queued job starts.
     const cancel = await kiln(['cancel', a.workflowId, '--reason', 'wrong lr', '--wait']);

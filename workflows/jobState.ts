@@ -61,6 +61,8 @@ export class JobState {
   phaseDetails: string | null = null;
   /** The token of the attempt that is queued: its first report moves the job to training. */
   queuedToken: string | null = null;
+  /** Whether this run has the queued phase (workflows/queue.ts); false when replaying an older run. */
+  queuedPhase = true;
   /** Desired state: paused from an accepted pause until an accepted resume, whatever their timing. */
   paused = false;
   /** The train attempt cancelled by a pause (so its cancellation is not the job's). */

@@ -9,6 +9,9 @@ import { ActivityCancellationType, type ActivityInterfaceFor, condition } from '
 import type { ControlActivities } from './activityOptions';
 import type { JobState } from './jobState';
 
+/** The patch id (workflow `patched()`) of the queued phase: runs started before it replay without it. */
+export const QUEUED_PHASE_PATCH = 'kiln-queued-phase';
+
 const FIRST_REFRESH_MS = 10_000;
 const MAX_REFRESH_MS = 5 * 60_000;
 
