@@ -298,8 +298,7 @@ export class JobState {
     if (this.phase === 'queued' && r.token === this.queuedToken) {
       this.queuedToken = null;
       this.setPhase('training');
-    }
-    else if (this.phase === 'training') setCurrentDetails(this.line());
+    } else if (this.phase === 'training' && !this.cancelReason) setCurrentDetails(this.line());
   }
 
   progress(): JobProgress {
