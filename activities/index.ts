@@ -6,6 +6,7 @@
 import type { CommonDeps, GpuDeps } from './deps';
 import { createEvaluate } from './evaluate';
 import { createJobEndActivities } from './jobEnd';
+import { createPoolActivities } from './pools';
 import { createPrepareJob } from './prepare';
 import { createRegistryActivities, type RegistryHooks } from './registry';
 import { createRetrainActivities } from './retrain';
@@ -18,6 +19,7 @@ export function createControlActivities(deps: CommonDeps, hooks: RegistryHooks =
     ...createRegistryActivities(deps, hooks),
     ...createRetrainActivities(deps),
     ...createJobEndActivities(deps),
+    ...createPoolActivities(deps),
   };
 }
 

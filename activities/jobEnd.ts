@@ -10,7 +10,18 @@ export function createJobEndActivities(deps: CommonDeps) {
     /** Cancels a workflow as a client would (`temporal workflow cancel`); used by the cancel signal. */
     async requestCancellation(r: { workflowId: string; runId: string; reason: string }): Promise<void> {
       deps.log.info({ jobId: r.workflowId, reason: r.reason }, 'cancel signal: requesting cancellation');
-      await deps.client.workflow.getHandle(r.workflowId, r.runId).cancel();
+      // With the reason, so the run's history (WorkflowExecutionCancelRequested) shows it in the Web UI.
+      try {
+        await deps.client.workflowService.requestCancelWorkflowExecution({
+          namespace: deps.config.server.namespace,
+          workflowExecution: { workflowId: r.workflowId, runId: r.runId },
+          identity: deps.workerId,
+          reason: r.reason.slice(0, 1000),
+        });
+      } catch (err) {
+        // A second request for the same run is refused by the server: the first one stands.
+        if (!/already|cancel.*request/i.test(String((err as Error)?.message ?? err))) throw err;
+      }
     },
 
     async recordJobEnd(e: { prepared: PreparedJob; outcome: string; reason: string }): Promise<void> {

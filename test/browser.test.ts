@@ -141,9 +141,17 @@ describe('Temporal Web UI (headless Chromium)', { skip: SKIP }, () => {
       const sa = await waitForText(page, 'the Kiln search attributes', (t) => /"KilnPhase": "training"/.test(t));
       assert.match(sa, /"KilnModel": "spirals"/);
       assert.match(sa, /"KilnTrigger": "manual"/);
+
+      // Why it ended, on the job's own page once it is Canceled.
+      await h.signal('cancel', { reason: 'browser test done' });
+      await h.result().catch(() => undefined);
+      await page.goto(`${base}/user-metadata`, { waitUntil: 'domcontentloaded' });
+      await waitForText(page, 'the end reason in Current Details', (t) => t.includes('cancelled: browser test done (by the cancel signal)'), 30_000, true);
+      await page.screenshot({ path: path.join(SHOTS, 'job-cancelled.png') });
     } finally {
       await page.close();
-      await h.signal('cancel', { reason: 'browser test done' });
+      // Already ended when the test got this far; otherwise stop it here.
+      await h.signal('cancel', { reason: 'browser test done' }).catch(() => undefined);
       await h.result().catch(() => undefined);
     }
   });

@@ -253,9 +253,10 @@ describe('kiln CLI', () => {
     const again = await kiln(['pause', jobId]);
     assert.equal(again.code, 1);
     assert.match(again.stderr, new RegExp(`kiln pause: ${jobId}: the job is already paused \\(phase paused\\); resume it with resume`));
-    const ps = await kilnJson<{ phase: string; progress: { line: string } }>(['status', jobId]);
+    const ps = await kilnJson<{ phase: string; progress: { line: string; workerId: string | null } }>(['status', jobId]);
     assert.equal(ps.phase, 'paused');
     assert.match(ps.progress.line, /^paused at step \d+/);
+    assert.equal(ps.progress.workerId, null, 'a paused job runs on no worker');
 
     const r = await kilnJson<{ sent: boolean; phase: string }>(['resume', jobId, '--wait']);
     assert.deepEqual([r.sent, r.phase], [true, 'training']);

@@ -98,6 +98,10 @@ describe('retraining schedules', () => {
     assert.equal(sa('KilnModel'), 'fire');
     assert.equal(sa('KilnTrigger'), 'schedule');
     assert.equal(sa('KilnPhase'), 'completed');
+    // A scheduled run's id carries its fire time (with `:`): kiln status takes it.
+    const runStatus = await kiln(['status', first.action.workflow.workflowId]);
+    assert.match(runStatus.stdout, new RegExp(`^${first.action.workflow.workflowId}  trained  \\(RetrainModel for model fire, schedule, workflow COMPLETED\\)`));
+    assert.match(runStatus.stdout, new RegExp(`training: {3}${res.childId}`));
 
     // The next fire finds production trained on this data and records a skip.
     const skipped = await waitFor(
@@ -183,6 +187,21 @@ describe('retraining schedules', () => {
     assert.equal(forced.outcome, 'deduped', 'force skips the need-checks, never the dedupe');
     assert.equal(forced.childId, r1.childId);
     assert.match(forced.reason, new RegExp(`^already trained this data version: v1 \\(production\\) from ${r1.childId}; forced`));
+
+    // Each run's KilnPhase says what it decided; kiln status and kiln list --retrains show the runs.
+    const phase = async (id: string) => (await env.client.workflow.getHandle(id).describe()).typedSearchAttributes.getAll().find((p) => p.key.name === 'KilnPhase')?.value;
+    assert.equal(await phase(h1.workflowId), 'trained');
+    assert.equal(await phase(cli.retrainId), 'skipped');
+    const st = await kiln(['status', cli.retrainId]);
+    assert.match(st.stdout, new RegExp(`^${cli.retrainId}  skipped  \\(RetrainModel for model data, manual, workflow COMPLETED\\)`));
+    assert.match(st.stdout, /decision: {3}skipped: data unchanged since v1/);
+    const runs = await waitFor(async () => {
+      const r = JSON.parse((await kiln(['list', '--retrains', '--model', 'data', '--json'])).stdout) as Array<{ jobId: string; phase: string; endReason: string }>;
+      return r.length === 3 && r.every((x) => x.phase !== 'checking') ? r : null;
+    }, 20_000, 'three retrain runs of data in visibility');
+    assert.deepEqual(runs.map((r) => r.phase), ['deduped', 'skipped', 'trained'], 'newest first');
+    assert.equal(runs[1]!.jobId, cli.retrainId);
+    assert.equal(runs[1]!.endReason, `skipped: ${cli.reason}`);
 
     writeData('data', 'data v2\n4,5,6\n');
     const r2 = (await (await startRetrain(env.client, env.config, 'data', q())).result()) as RetrainResult;

@@ -41,7 +41,7 @@ import {
 import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
 import { CheckpointRefSchema, progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
-import type { AttemptRecord, JobProgress, JobSummary, TrainResult } from '../src/shared/summary';
+import { endReason, type AttemptRecord, type JobProgress, type JobSummary, type TrainResult } from '../src/shared/summary';
 import { endAttempt } from './attempts';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 import type { ControlActivities } from './activityOptions';
@@ -55,6 +55,14 @@ export class JobState {
   phase: Phase = 'queued';
   latest: ProgressReport | null = null;
   cancelReason: string | null = null;
+  /** Who asked for the cancellation: `kiln cancel, ann@host`, `the cancel signal`, `temporal workflow cancel`. */
+  cancelledBy: string | null = null;
+  /** The Current Details line a phase was entered with (queued: what it waits for). */
+  phaseDetails: string | null = null;
+  /** The token of the attempt that is queued: its first report moves the job to training. */
+  queuedToken: string | null = null;
+  /** Whether this run has the queued phase (workflows/queue.ts); false when replaying an older run. */
+  queuedPhase = true;
   /** Desired state: paused from an accepted pause until an accepted resume, whatever their timing. */
   paused = false;
   /** The train attempt cancelled by a pause (so its cancellation is not the job's). */
@@ -92,8 +100,10 @@ export class JobState {
     if (this.summary) {
       const r = this.summary.registry;
       const incomplete = r.complete === false ? ` INCOMPLETE (missing ${r.missing_metrics.join(', ')}), not promotable` : '';
-      return `${this.summary.outcome}${r.version ? ` · v${r.version} ${r.stage}${incomplete}` : ''}`;
+      const why = this.summary.outcome === 'completed' ? 'completed' : (this.summary.session_info.end_reason ?? this.summary.outcome);
+      return `${why}${r.version ? ` · v${r.version} ${r.stage}${incomplete}` : ''}`;
     }
+    if (this.phase === 'queued' && this.phaseDetails) return this.phaseDetails;
     if (this.phase === 'paused') return `paused at step ${this.lastCheckpoint?.step ?? this.latest?.step ?? 0} (resume with the resume signal)`;
     if (this.latest && this.phase === 'training') return progressLine(this.latest, formatDuration);
     return this.phase;
@@ -102,6 +112,7 @@ export class JobState {
   /** Moves to a phase; `details` replaces the Current Details line until the next report. */
   setPhase(p: Phase, details?: string): void {
     this.phase = p;
+    this.phaseDetails = details ?? null;
     upsertSearchAttributes(kilnSearchAttributes({ phase: p }));
     setCurrentDetails(details ?? this.line());
   }
@@ -151,6 +162,7 @@ export class JobState {
   }
 
   finish(s: JobSummary): void {
+    s.session_info.end_reason = endReason(s, this.cancelledBy);
     this.summary = s;
     upsertMemo({ summary: s });
     this.setPhase(s.outcome);
@@ -172,6 +184,11 @@ export class JobState {
     this.control('cancel', cancelSignal, cancelUpdate, (raw) => parseControlInput(CancelInputSchema, raw, 'cancel'), async (v, via) => {
       const reason = v.reason || `cancelled by ${via}`;
       this.cancelReason = reason;
+      const channel = via === 'update' ? 'the cancel update' : 'the cancel signal';
+      // `kiln cancel` names itself in `by` (`kiln cancel, ann`); anything else is named by how it came.
+      this.cancelledBy = v.by ? (v.by.startsWith('kiln ') ? v.by : `${channel} from ${v.by}`) : channel;
+      // Visible in the Web UI while the trainer checkpoints and stops, and kept there once the run is Canceled.
+      setCurrentDetails(`cancelling: ${reason} (by ${this.cancelledBy})`);
       // Turn the request into a real cancellation, so every path ends the same way: the run closes as
       // Canceled in the UI and visibility, after the trainer is really gone. The server refuses a
       // workflow's request to cancel itself, so a control activity asks as a client. Non-cancellable:
@@ -277,7 +294,11 @@ export class JobState {
     if (r.lastCheckpoint) this.lastCheckpoint = r.lastCheckpoint;
     this.checkpoints = r.checkpoints;
     if (Object.keys(r.validation).length) this.validation = { ...this.validation, ...r.validation };
-    if (this.phase === 'training') setCurrentDetails(this.line());
+    // The first report of the running attempt: its trainer runs, the wait for a slot is over.
+    if (this.phase === 'queued' && r.token === this.queuedToken) {
+      this.queuedToken = null;
+      this.setPhase('training');
+    } else if (this.phase === 'training' && !this.cancelReason) setCurrentDetails(this.line());
   }
 
   progress(): JobProgress {
@@ -287,7 +308,8 @@ export class JobState {
       model: this.model,
       phase: this.phase,
       attempt: latest?.attempt ?? this.attempts,
-      workerId: latest?.workerId ?? null,
+      // A paused job runs nowhere: it names no worker until an attempt reports again.
+      workerId: this.phase === 'paused' || this.phase === 'queued' ? null : (latest?.workerId ?? null),
       step: latest?.step ?? 0,
       totalSteps: latest?.totalSteps ?? null,
       epoch: latest?.epoch ?? null,

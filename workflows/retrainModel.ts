@@ -12,6 +12,7 @@ import {
   proxyActivities,
   setCurrentDetails,
   log,
+  patched,
   setDefaultSignalHandler,
   setHandler,
   startChild,
@@ -23,7 +24,7 @@ import { defineSearchAttributeKey, SearchAttributeType, WorkflowExecutionAlready
 import { ErrorType } from '../src/shared/errors';
 import type { JobSummary } from '../src/shared/summary';
 import { formatIssues } from '../src/shared/params';
-import { RetrainInputSchema, retrainStateQuery, type RetrainInput, type RetrainResult, type RetrainState } from '../src/shared/retrain';
+import { RetrainInputSchema, retrainStateQuery, type RetrainPhase, type RetrainInput, type RetrainResult, type RetrainState } from '../src/shared/retrain';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 import { type ControlActivities, controlOptions, datasetOptions } from './activityOptions';
 import type { TrainingJob } from './trainingJob';
@@ -46,7 +47,12 @@ export async function RetrainModel(raw: RetrainInput): Promise<RetrainResult> {
   // RetrainModel takes no signals: anything sent is logged and dropped, never buffered or thrown.
   setDefaultSignalHandler((name) => log.warn(`${info.workflowId}: ignored signal "${name}": RetrainModel takes no signals`));
   // Whatever started this run (schedule, CLI, `temporal workflow start`), it is findable by model and trigger.
-  upsertSearchAttributes(kilnSearchAttributes({ model: input.model, trigger: input.trigger }));
+  // Runs that began before RetrainModel had a KilnPhase replay without it (the same commands as then).
+  const phased = patched('kiln-retrain-phase');
+  const setPhase = (phase: RetrainPhase) => {
+    if (phased) upsertSearchAttributes(kilnSearchAttributes({ phase }));
+  };
+  upsertSearchAttributes(kilnSearchAttributes({ model: input.model, trigger: input.trigger, ...(phased ? { phase: 'checking' } : {}) }));
   setCurrentDetails(`checking whether ${input.model} needs training (${input.trigger}${force ? ', forced' : ''})`);
 
   const scheduledAt = info.typedSearchAttributes.get(TemporalScheduledStartTime) as Date | undefined;
@@ -59,6 +65,7 @@ export async function RetrainModel(raw: RetrainInput): Promise<RetrainResult> {
 
   const done = (outcome: RetrainResult['outcome'], reason: string, childId: string | null, training: JobSummary | null): RetrainResult => {
     Object.assign(state, { phase: 'done', outcome, reason, childId });
+    setPhase(outcome);
     setCurrentDetails(`${outcome}: ${reason}${childId && outcome !== 'skipped' ? ` (${childId})` : ''}`);
     return { model: input.model, trigger: check.trigger, force, outcome, reason, fingerprint: check.fingerprint, dataset: check.dataset, childId, training };
   };
@@ -90,6 +97,7 @@ export async function RetrainModel(raw: RetrainInput): Promise<RetrainResult> {
     throw err;
   }
   Object.assign(state, { phase: 'training', childId: check.childId, reason: check.reason });
+  setPhase('training');
   setCurrentDetails(`training ${check.childId}: ${check.reason}`);
   let summary: JobSummary;
   try {
@@ -98,7 +106,8 @@ export async function RetrainModel(raw: RetrainInput): Promise<RetrainResult> {
     // Failing this run lets a schedule with pauseOnFailure pause itself.
     const msg = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
     Object.assign(state, { phase: 'done', outcome: 'trained', reason: `training failed: ${msg}` });
-    setCurrentDetails(`training ${check.childId} failed: ${msg}`);
+    setPhase('failed');
+    setCurrentDetails(`failed: training ${check.childId} failed: ${msg.split('\n')[0]?.replace(/:$/, '')}`);
     throw ApplicationFailure.nonRetryable(`training ${check.childId} of ${input.model} failed: ${msg}`, ErrorType.TrainingFailed, { childId: check.childId });
   }
   const v = summary.registry.version ? ` → v${summary.registry.version} ${summary.registry.stage}` : '';

@@ -16,6 +16,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  patched,
   proxyActivities,
   sleep,
   TimeoutFailure,
@@ -33,6 +34,7 @@ import { type Activities, controlOptions, datasetOptions, evaluateOptions, train
 import { awaitApproval } from './approval';
 import { AttemptBudget, classify } from './attempts';
 import { JobState } from './jobState';
+import { enterQueue, QUEUED_PHASE_PATCH } from './queue';
 
 type Proxy = ActivityInterfaceFor<Activities>;
 
@@ -62,7 +64,9 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
 
 async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJob, info: WorkflowInfo): Promise<JobSummary> {
   const gpu = proxyActivities<Activities>(trainOptions(p));
-  job.setPhase('training');
+  // Runs that began before the queued phase existed replay without it (the same commands as then).
+  job.queuedPhase = patched(QUEUED_PHASE_PATCH);
+  if (!job.queuedPhase) job.setPhase('training');
   const train = await trainUntilDone(job, gpu, spec, p);
   if (train.lastCheckpoint) job.lastCheckpoint = train.lastCheckpoint;
   job.validation = { ...job.validation, ...train.validation };
@@ -101,7 +105,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
       job.setPhase('paused');
       await condition(() => !job.paused);
       job.pausedAt = null;
-      job.setPhase('training');
+      if (!job.queuedPhase) job.setPhase('training');
     }
     const scope = new CancellationScope();
     job.trainScope = scope;
@@ -109,6 +113,8 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
     // A new token per attempt: reports from an earlier (paused, superseded) one are dropped.
     const token = uuid4();
     job.reportToken = token;
+    // Queued until the attempt's first report: it may wait for a worker or a free slot.
+    if (job.queuedPhase) enterQueue(job, control, spec.pool, token);
     const from = pauseCheckpoint;
     try {
       const train = await scope.run(() =>
@@ -144,7 +150,8 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
       const progressed = (job.lastCheckpoint?.step ?? 0) > rec.resume_step;
       const delay = budget.charge(c.kind, progressed, c.message, Date.now());
       job.interruptions = budget.interruptions;
-      job.setPhase('training', `retrying in ${Math.round(delay / 1000)} s after attempt ${rec.n}: ${c.cause}`);
+      if (job.queuedPhase) job.setPhase('queued', `queued: retry ${rec.n + 1} after ${c.cause.replace(/:$/, '')}, in ${Math.round(delay / 1000)}s`);
+      else job.setPhase('training', `retrying in ${Math.round(delay / 1000)} s after attempt ${rec.n}: ${c.cause}`);
       await sleep(delay);
     }
   }
@@ -153,6 +160,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
 /** Ends the job as cancelled (a cancellation, rethrown) or failed (non-retryable), with its summary. */
 async function failJob(job: JobState, prepared: PreparedJob | null, err: unknown): Promise<never> {
   if (isCancellation(err)) {
+    job.cancelledBy ??= job.cancelReason ? null : 'temporal workflow cancel';
     job.cancelReason ??= 'cancelled (temporal workflow cancel)';
     await CancellationScope.nonCancellable(async () => {
       job.finish(job.buildSummary('cancelled', null, job.registered, null));

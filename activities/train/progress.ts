@@ -7,7 +7,8 @@ import type { Context } from '@temporalio/activity';
 import type { WorkflowHandle } from '@temporalio/client';
 import type { Logger } from '../../src/logger';
 import { reportSignal } from '../../src/shared/messages';
-import type { CheckpointRef, GpuTelemetry, ProgressReport, TrainHeartbeat } from '../../src/shared/progress';
+import { progressLine, type CheckpointRef, type GpuTelemetry, type ProgressReport, type TrainHeartbeat } from '../../src/shared/progress';
+import { formatDuration } from '../../src/shared/duration';
 import type { TrainResult } from '../../src/shared/summary';
 import { diskBytes } from '../../src/supervisor/retention';
 import type { TrainerEvent } from '../../src/supervisor/protocol';
@@ -18,7 +19,13 @@ const RATE_WINDOW = 20;
 /** The heartbeat while the attempt waits for GPUs: the resume point, nothing trained yet. */
 export function waitingHeartbeat(a: { attempt: number; workerId: string; resumedFrom: CheckpointRef | null; checkpoints: CheckpointRef[] }): TrainHeartbeat {
   const { attempt, resumedFrom, checkpoints, workerId } = a;
-  return { attempt, step: resumedFrom?.step ?? 0, epoch: null, lastCheckpoint: resumedFrom, checkpoints, metrics: {}, gpu: null, workerId };
+  const line = `attempt ${attempt} on ${workerId}: waiting for a free GPU (resumes from step ${resumedFrom?.step ?? 0})`;
+  return { line, attempt, step: resumedFrom?.step ?? 0, epoch: null, lastCheckpoint: resumedFrom, checkpoints, metrics: {}, gpu: null, workerId };
+}
+
+/** Metrics as people read them: 4 significant digits (the report to the workflow keeps full precision). */
+function rounded(m: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Number.isFinite(v) ? Number(v.toPrecision(4)) : v]));
 }
 
 export class TrainProgress {
@@ -86,13 +93,17 @@ export class TrainProgress {
   }
 
   heartbeat(): TrainHeartbeat {
+    const sps = this.stepsPerSec();
+    const eta = sps && this.totalSteps ? Math.max(0, ((this.totalSteps - this.step) / sps) * 1000) : null;
+    const line = `attempt ${this.attempt} on ${this.workerId}: ${progressLine({ ...this, metrics: this.metrics, etaMs: eta }, formatDuration)}`;
     return {
+      line,
       attempt: this.attempt,
       step: this.step,
       epoch: this.epoch,
       lastCheckpoint: this.lastCheckpoint(),
       checkpoints: this.checkpoints,
-      metrics: this.metrics,
+      metrics: rounded(this.metrics),
       gpu: this.gpu,
       workerId: this.workerId,
     };

@@ -28,7 +28,8 @@ async function waitForEffect(client: Client, jobId: string, what: SignalName, ti
     const st = { status: d.status.name, phase };
     if (what === 'cancel' && st.status !== 'RUNNING') return st;
     if (what === 'pause' && (phase === 'paused' || st.status !== 'RUNNING')) return st;
-    if (what === 'resume' && (phase !== 'paused' || st.status !== 'RUNNING')) return st;
+    // Resumed means training again: a new attempt is queued until its trainer reports (it may wait for a slot).
+    if (what === 'resume' && ((phase !== 'paused' && phase !== 'queued') || st.status !== 'RUNNING')) return st;
     if (Date.now() > deadline) throw new Error(`kiln ${what}: sent, but ${jobId} still shows ${st.status.toLowerCase()} / ${phase} after ${timeoutMs} ms (kiln status ${jobId})`);
     await new Promise((r) => setTimeout(r, 300));
   }
@@ -40,7 +41,8 @@ function signalVerb(what: SignalName): (ctx: CliContext) => Promise<number> {
     const p = parseArgs(ctx.argv, spec, what);
     const id = jobIdArg(p, what);
     return withClient(ctx.config(), async (client) => {
-      const answer = await controlJob(client, id, what, { reason: str(p, 'reason'), by: defaultBy() });
+      // A cancel names its source, so the job's end reason reads `cancelled: wrong lr (by kiln cancel, ann)`.
+      const answer = await controlJob(client, id, what, { reason: str(p, 'reason'), by: what === 'cancel' ? `kiln cancel, ${defaultBy()}` : defaultBy() });
       if (!answer.accepted) {
         process.stderr.write(`kiln ${what}: ${id}: ${answer.refusal.message}\n`);
         if (bool(p, 'json')) ctx.out(JSON.stringify({ jobId: id, signal: what, sent: false, accepted: false, code: answer.refusal.code, reason: answer.refusal.message }));
@@ -147,7 +149,7 @@ Examples:
     usage: `kiln resume <job> [--reason TEXT] [--wait [--timeout MS]] [--json]
 
 Sends the resume Update. Only a paused (or pausing) job can be resumed; the job refuses anything else
-with the reason (exit 1). --wait returns once it left the paused phase.
+with the reason (exit 1). --wait returns once it trains again (queued until a slot takes it).
 
 Example:
   kiln resume train-spirals-3k9x2a --wait`,

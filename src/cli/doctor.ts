@@ -10,6 +10,7 @@ import type { KilnConfig } from '../config/load';
 import { gpuTaskQueue, TASK_QUEUE_CONTROL } from '../shared/messages';
 import { ConfigError } from '../shared/errors';
 import { KILN_SEARCH_ATTRIBUTES } from '../shared/searchAttributes';
+import { configSlots, LIVE_MS, poolUse, type PoolUse } from '../client/pools';
 import { detectGpus } from '../supervisor/gpu';
 import { connectClient, serverAddress } from '../temporal/connect';
 import { bool, parseArgs, str } from './args';
@@ -27,8 +28,12 @@ export interface DoctorReport {
 
 const { TaskQueueType, IndexedValueType } = temporal.api.enums.v1;
 
-/** A poller the server saw longer ago than this is a worker that is gone (a live long poll renews within ~70 s). */
-const POLLER_STALE_MS = 2 * 60_000;
+/**
+ * A poller the server saw longer ago than this is not live: the server keeps dead pollers for minutes.
+ * `kiln dev` runs its server with a 10 s long poll, so an idle live worker re-polls well within it;
+ * a busy GPU worker (no free slot, so no poll) is live through its attempts' heartbeats (src/client/pools.ts).
+ */
+const POLLER_STALE_MS = LIVE_MS;
 
 function tsMs(t: { seconds?: unknown; nanos?: number | null } | null | undefined): number | null {
   if (!t?.seconds) return null;
@@ -156,50 +161,74 @@ async function checkServer(config: KilnConfig, client: Client): Promise<Check[]>
 
 async function checkPollers(config: KilnConfig, client: Client, controlQueue: string): Promise<Check[]> {
   const ns = config.server.namespace;
-  const queues: Array<{ queue: string; types: Array<[number, string]>; fix: string }> = [
-    {
-      queue: controlQueue,
-      types: [
-        [TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, 'workflow'],
-        [TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, 'activity'],
-      ],
-      fix: 'start the control worker: kiln worker control (or kiln dev, which runs all workers)',
-    },
-    ...Object.keys(config.workers.pools).map((pool) => ({
-      queue: gpuTaskQueue(pool),
-      types: [[TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, 'activity']] as Array<[number, string]>,
-      fix: `start a worker for the pool on a GPU host: kiln worker gpu --pool ${pool} (or kiln dev)`,
-    })),
-  ];
-  const out: Check[] = [];
-  for (const q of queues) {
-    const parts: string[] = [];
-    const missing: string[] = [];
-    try {
-      for (const [type, label] of q.types) {
-        const r = await client.workflowService.describeTaskQueue({ namespace: ns, taskQueue: { name: q.queue, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL }, taskQueueType: type });
-        const now = Date.now();
-        const pollers = (r.pollers ?? []).map((p) => ({ identity: p.identity ?? '?', at: tsMs(p.lastAccessTime) }));
-        const live = pollers.filter((p) => p.at === null || now - p.at < POLLER_STALE_MS);
-        if (live.length === 0) {
-          missing.push(label);
-          parts.push(`${label}: no live poller${pollers.length ? ` (last seen ${pollers.map((p) => `${p.identity} ${p.at ? ago(now - p.at) : ''}`).join(', ')})` : ''}`);
-        } else {
-          parts.push(`${label}: ${live.length} poller(s) ${live.map((p) => p.identity).join(', ')}`);
-        }
-      }
-      out.push({
-        id: `pollers:${q.queue}`,
-        title: `workers polling ${q.queue}`,
-        status: missing.length ? 'fail' : 'ok',
-        detail: parts.join('; '),
-        hint: missing.length ? `no worker polls ${missing.join(' and ')} tasks on ${q.queue}: ${q.fix}` : undefined,
-      });
-    } catch (err) {
-      out.push({ id: `pollers:${q.queue}`, title: `workers polling ${q.queue}`, status: 'fail', detail: errText(err), hint: 'the server refused describeTaskQueue: check the namespace and permissions' });
+  const fix = 'start the control worker: kiln worker control (or kiln dev, which runs all workers)';
+  const parts: string[] = [];
+  const missing: string[] = [];
+  try {
+    for (const [type, label] of [
+      [TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, 'workflow'],
+      [TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, 'activity'],
+    ] as const) {
+      const r = await client.workflowService.describeTaskQueue({ namespace: ns, taskQueue: { name: controlQueue, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL }, taskQueueType: type });
+      const now = Date.now();
+      const pollers = (r.pollers ?? []).map((p) => ({ identity: p.identity ?? '?', at: tsMs(p.lastAccessTime) }));
+      const live = pollers.filter((p) => p.at !== null && now - p.at <= POLLER_STALE_MS);
+      const gone = pollers.filter((p) => !live.includes(p));
+      const goneText = gone.length ? `; not live: ${gone.map((p) => `${p.identity} (last poll ${p.at ? ago(now - p.at) : 'never'})`).join(', ')}` : '';
+      if (live.length === 0) missing.push(label);
+      parts.push(live.length ? `${label}: ${live.length} poller(s) ${live.map((p) => p.identity).join(', ')}${goneText}` : `${label}: no live poller${goneText}`);
     }
+  } catch (err) {
+    return [{ id: `pollers:${controlQueue}`, title: `workers polling ${controlQueue}`, status: 'fail', detail: errText(err), hint: 'the server refused describeTaskQueue: check the namespace and permissions' }];
   }
+  const out: Check[] = [
+    {
+      id: `pollers:${controlQueue}`,
+      title: `workers polling ${controlQueue}`,
+      status: missing.length ? 'fail' : 'ok',
+      detail: parts.join('; '),
+      hint: missing.length ? `no worker polls ${missing.join(' and ')} tasks on ${controlQueue}: ${fix}` : undefined,
+    },
+  ];
+  for (const pool of Object.keys(config.workers.pools)) out.push(...(await checkPool(config, client, pool)));
   return out;
+}
+
+/** A GPU pool: live workers (polled or heartbeating within LIVE_MS), slots busy and free, and each running attempt's worker and heartbeat age. */
+async function checkPool(config: KilnConfig, client: Client, pool: string): Promise<Check[]> {
+  const queue = gpuTaskQueue(pool);
+  let u: PoolUse;
+  try {
+    u = await poolUse(client, pool, configSlots(config, pool), { namespace: config.server.namespace });
+  } catch (err) {
+    return [{ id: `pollers:${queue}`, title: `workers polling ${queue}`, status: 'fail', detail: errText(err), hint: 'the server refused describeTaskQueue: check the namespace and permissions' }];
+  }
+  const live = u.workers.filter((w) => w.live);
+  const gone = u.workers.filter((w) => !w.live);
+  const seen = (w: PoolUse['workers'][number]) => (w.lastPollAgeSec === null ? 'never polled' : `last poll ${ago(w.lastPollAgeSec * 1000)}`);
+  const goneText = gone.length ? `; not live: ${gone.map((w) => `${w.identity} (${seen(w)})`).join(', ')}` : '';
+  const free = u.slots === null ? '?' : Math.max(0, u.slots - u.busy);
+  const use = `slots: ${u.busy} busy, ${free} free of ${u.slots ?? '?'}`;
+  const checks: Check[] = [
+    {
+      id: `pollers:${queue}`,
+      title: `workers polling ${queue}`,
+      status: live.length ? 'ok' : 'fail',
+      detail: live.length ? `activity: ${live.length} poller(s) ${live.map((w) => `${w.identity} (${w.busy} busy)`).join(', ')}; ${use}${goneText}` : `activity: no live poller${goneText}`,
+      hint: live.length ? undefined : `no worker polls activity tasks on ${queue}: start a worker for the pool on a GPU host: kiln worker gpu --pool ${pool} (or kiln dev)`,
+    },
+  ];
+  if (u.attempts.length) {
+    const stale = u.attempts.filter((a) => !a.live);
+    checks.push({
+      id: `running:${pool}`,
+      title: `running attempts, pool ${pool}`,
+      status: stale.length ? 'warn' : 'ok',
+      detail: u.attempts.map((a) => `${a.jobId} ${a.activity} on ${a.worker}, last heartbeat ${a.heartbeatAgeSec === null ? 'never' : `${a.heartbeatAgeSec.toFixed(1)} s ago`}`).join('; '),
+      hint: stale.length ? `no heartbeat for over ${LIVE_MS / 1000} s from ${stale.map((a) => a.jobId).join(', ')}: its worker is probably gone; the attempt is retried at its heartbeat timeout (kiln status <job>)` : undefined,
+    });
+  }
+  return checks;
 }
 
 export async function runDoctor(loadCfg: () => KilnConfig, o: { controlQueue?: string; connectTimeoutMs?: number } = {}): Promise<DoctorReport> {
@@ -287,8 +316,11 @@ Checks, each with a fix hint when it fails:
   server reachable; namespace exists; search attributes KilnModel/KilnPhase/KilnTrigger registered;
   live pollers on ${TASK_QUEUE_CONTROL} (workflow + activity) and on kiln-gpu-<pool> for every pool.
 Exit code 0 when every check passes (warnings allowed), 1 when any fails.
-The server remembers pollers for a few minutes: a worker that died less than ~2 minutes ago still
-counts as live here (kiln status shows the last heartbeat of a job's worker).
+A worker is live when the server saw it poll within the last ${LIVE_MS / 1000} s, or one of its attempts
+heartbeated within that time (a GPU worker with every slot busy does not poll); the server keeps dead
+pollers for minutes, doctor lists them as "not live". Per pool: slots busy and free, and every running
+attempt with its worker and the age of its last heartbeat. kiln dev runs its server with a 10 s long
+poll; on a cluster whose long poll is longer, an idle worker may show as not live between polls.
 
 Examples:
   kiln doctor

@@ -11,7 +11,8 @@ import { formatDuration } from '../shared/duration';
 import type { GpuTelemetry, TrainHeartbeat } from '../shared/progress';
 import type { AttemptRecord, JobProgress } from '../shared/summary';
 import { readKilnSearchAttributes } from '../shared/searchAttributes';
-import type { JobSummary } from '../shared/summary';
+import { endReason, type JobSummary } from '../shared/summary';
+import { isRetrainId, retrainStatus } from './retrainStatus';
 import { bool, int, jobIdArg, parseArgs } from './args';
 import { withClient, type CliContext, type Verb } from './verb';
 
@@ -64,6 +65,7 @@ function heartbeatView(details: unknown): HeartbeatView | null {
     checkpoints: Array.isArray(d.checkpoints) ? d.checkpoints.length : 0,
     gpu: Array.isArray(d.gpu) ? (d.gpu as GpuTelemetry[]) : null,
     workerId: typeof d.workerId === 'string' ? d.workerId : null,
+    line: typeof d.line === 'string' ? d.line : null,
     attempt: num(d.attempt),
   };
 }
@@ -171,8 +173,10 @@ function activityLines(a: PendingActivityView, withHeartbeat: boolean): string[]
 function summaryLines(r: JobSummary): string[] {
   const lines = [`  outcome:    ${r.outcome}; steps ${r.training_metrics.steps}, final loss ${r.training_metrics.final_loss?.toPrecision(4) ?? '-'}, ${formatDuration(r.training_metrics.duration_ms)}`];
   if (r.registry.version) lines.push(`  registry:   v${r.registry.version} ${r.registry.stage}${r.registry.complete === false ? ' (INCOMPLETE: missing ' + r.registry.missing_metrics.join(', ') + ')' : ''} — ${r.registry.decision}`);
+  if (r.outcome !== 'completed') lines.push(`  ended:      ${r.session_info.end_reason ?? endReason(r)}`);
   if (r.session_info.cancellation_reason && r.outcome === 'cancelled') lines.push(`  reason:     ${r.session_info.cancellation_reason}`);
-  if (r.session_info.failure) lines.push(`  failure:    ${r.session_info.failure.split('\n')[0]}`);
+  // The whole message: the cause, then the trainer's log tail it quotes.
+  if (r.session_info.failure) lines.push(`  failure:    ${r.session_info.failure.trimEnd().split('\n').join('\n              ')}`);
   return lines;
 }
 
@@ -193,8 +197,13 @@ export function outcomeOf(s: StatusView): { outcome: JobSummary['outcome']; code
 
 async function status(ctx: CliContext): Promise<number> {
   const p = parseArgs(ctx.argv, { json: { type: 'bool' }, 'query-timeout': { type: 'string' } }, 'status');
-  const id = jobIdArg(p, 'status');
+  const id = isRetrainId(p.positional[0]) ? p.positional[0]! : jobIdArg(p, 'status');
   return withClient(ctx.config(), async (client) => {
+    const retrain = await retrainStatus(client, id, { queryTimeoutMs: int(p, 'query-timeout', 'status') ?? QUERY_TIMEOUT_MS });
+    if (retrain) {
+      ctx.out(bool(p, 'json') ? JSON.stringify(retrain.view) : retrain.text);
+      return 0;
+    }
     const s = await jobStatus(client, id, { queryTimeoutMs: int(p, 'query-timeout', 'status') });
     ctx.out(bool(p, 'json') ? JSON.stringify(s) : renderStatus(s));
     return 0;
@@ -203,11 +212,12 @@ async function status(ctx: CliContext): Promise<number> {
 
 export const statusVerb: Verb = {
   summary: 'phase, progress, worker, GPU, checkpoint and metrics of a job',
-  usage: `kiln status <job> [--json] [--query-timeout MS]
+  usage: `kiln status <job | retrain run> [--json] [--query-timeout MS]
 
 Reads describe and the workflow's progress query. When no worker answers the query (control worker
 down), it shows describe's pending activity and its last heartbeat instead, and says so
-("source": "describe" in --json).
+("source": "describe" in --json). A RetrainModel run id (kiln list --retrains) shows its phase,
+decision and training job.
 
 Examples:
   kiln status train-spirals-3k9x2a

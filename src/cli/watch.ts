@@ -49,6 +49,8 @@ export function watchLine(s: StatusView, withBar: boolean): string {
     return `${s.jobId} ${phase} ${withBar && c.totalSteps ? `${bar(frac)} ` : ''}${progressLine(c, formatDuration)}${gpu}${note}`;
   }
   const p = s.progress;
+  // `queued: waiting for a slot in pool gpu (2/2 busy…)`, `failed: … (5 attempts)`: the line says it all.
+  if (p?.line?.startsWith(`${phase}:`)) return `${s.jobId} ${p.line}`;
   return `${s.jobId} ${phase}${p?.line && !p.line.startsWith(phase) ? ` · ${p.line}` : ''}`;
 }
 

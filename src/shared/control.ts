@@ -80,7 +80,7 @@ export function controlRefusal(action: ControlAction, s: ControlState): Refusal 
       return null;
     case 'pause':
       if (s.paused) return no('ALREADY_PAUSED', `the job is already paused (phase ${s.phase}); resume it with resume`);
-      return s.phase === 'training' ? null : no('NOT_TRAINING', `the job is not training (phase ${s.phase}); only a training job can be paused`);
+      return s.phase === 'training' || s.phase === 'queued' ? null : no('NOT_TRAINING', `the job is not training (phase ${s.phase}); only a training or queued job can be paused`);
     case 'resume':
       return s.paused ? null : no('NOT_PAUSED', `the job is not paused (phase ${s.phase})`);
     case 'approve':

@@ -54,7 +54,10 @@ export const ProgressReportSchema = z.object({
 export type ProgressReport = z.infer<typeof ProgressReportSchema>;
 
 /** What every train heartbeat carries (a view of the report); a retry reads it back from heartbeatDetails. */
-export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId'>;
+export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId'> & {
+  /** One sentence for people reading the raw details (Web UI, describe): `attempt 2 on host:12:gpu-gpu: epoch 3/5 · step 120/200 · loss 0.0183`. */
+  line?: string;
+};
 
 export const PHASES = ['queued', 'preparing', 'training', 'evaluating', 'registering', 'awaiting-approval', 'completed', 'failed', 'cancelled', 'paused'] as const;
 export type Phase = (typeof PHASES)[number];

@@ -131,6 +131,10 @@ export interface RetrainResult {
 }
 
 /** Live state of a RetrainModel run, for `kiln train` to print the decision before the training ends. */
+/** RetrainModel's KilnPhase: checking → skipped | deduped | training → trained | failed. */
+export const RETRAIN_PHASES = ['checking', 'skipped', 'deduped', 'training', 'trained', 'failed'] as const;
+export type RetrainPhase = (typeof RETRAIN_PHASES)[number];
+
 export interface RetrainState {
   phase: 'checking' | 'training' | 'done';
   outcome: RetrainOutcome | null;

@@ -49,6 +49,8 @@ export interface JobSummary {
     ended_at: string;
     cancellation_reason: string | null;
     failure: string | null;
+    /** Why the job ended, one line in words: `cancelled: wrong lr (by kiln cancel, ann@host)`, `failed: … (5 attempts)`. */
+    end_reason?: string;
     resumed_from_steps: number[];
     /** The final attempt's resume: the checkpoint step it started from and the first step it reported. */
     resume: { from_step: number; first_step: number | null } | null;
@@ -101,4 +103,24 @@ export interface JobProgress {
   lastIgnored: string | null;
   line: string;
   summary: JobSummary | null;
+}
+
+/** The first line of a message, without the trailing colon that introduces a log tail. */
+export function firstLine(message: string, max = 400): string {
+  const line = (message.split('\n').find((l) => l.trim() !== '') ?? '').trim().replace(/:$/, '');
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+}
+
+/** `cancelled: wrong lr (by kiln cancel, ann@host)`, `failed: trainer exited with code 1 at step 200 (5 attempts)`, `completed · v3 production`. */
+export function endReason(s: Pick<JobSummary, 'outcome' | 'session_info'>, cancelledBy: string | null = null): string {
+  const si = s.session_info;
+  const attempts = `${si.attempts} attempt${si.attempts === 1 ? '' : 's'}`;
+  if (s.outcome === 'cancelled') {
+    const reason = si.cancellation_reason ?? 'no reason given';
+    // The defaults the workflow fills in when no reason came: `cancelled by signal`, `cancelled (temporal workflow cancel)`.
+    if (/^cancelled (by |\()/.test(reason)) return `cancelled: no reason given (by ${cancelledBy ?? reason.replace(/^cancelled (by )?\(?|\)$/g, '')})`;
+    return `cancelled: ${reason}${cancelledBy ? ` (by ${cancelledBy})` : ''}`;
+  }
+  if (s.outcome === 'failed') return `failed: ${firstLine(si.failure ?? 'unknown cause')} (${attempts})`;
+  return `completed (${attempts})`;
 }

@@ -117,6 +117,12 @@ export async function stopProcessGroup(child: ChildProcess, graceMs: number): Pr
 
 export const devUiUrl = (ip: string, uiPort: number) => `http://${ip === '0.0.0.0' ? 'localhost' : ip}:${uiPort}`;
 
+/**
+ * A 10 s long poll (the server's default is a minute): an idle worker re-polls within it, so
+ * `kiln doctor` can count as live only the pollers seen in the last 15 s.
+ */
+export const DEV_DYNAMIC_CONFIG = ['--dynamic-config-value', 'matching.longPollExpirationInterval="10s"'];
+
 export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
   if (await portInUse(o.ip, o.port)) {
     throw new Error(
@@ -134,6 +140,7 @@ export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
     '--namespace', o.namespace,
     '--log-level', 'warn',
     ...KILN_SEARCH_ATTRIBUTES.flatMap((k) => ['--search-attribute', `${k.name}=Keyword`]),
+    ...DEV_DYNAMIC_CONFIG,
   ];
   if (o.headless) args.push('--headless');
   else args.push('--ui-port', String(o.uiPort));

@@ -16,6 +16,7 @@ import { buildSpec, type SpecOverrides } from '../../src/config/spec';
 import { createLogger } from '../../src/logger';
 import { KILN_SEARCH_ATTRIBUTES } from '../../src/shared/searchAttributes';
 import { resolveTemporalBinary } from '../../src/temporal/binary';
+import { DEV_DYNAMIC_CONFIG } from '../../src/temporal/devServer';
 import { ensureSearchAttributes } from '../../src/temporal/registerSearchAttributes';
 import { groupMembers, isAlive } from '../../src/supervisor/proc';
 import { createControlWorker } from '../../workers/control';
@@ -124,7 +125,7 @@ export async function startKilnEnv(configYaml = defaultConfigYaml(), opts: { sea
       server: {
         executable: { type: 'existing-path', path: temporalBinary() },
         ip: '127.0.0.1',
-        extraArgs: ['--log-level', 'error'],
+        extraArgs: ['--log-level', 'error', ...DEV_DYNAMIC_CONFIG],
         searchAttributes: opts.searchAttributes === false ? [] : [...KILN_SEARCH_ATTRIBUTES],
       },
     });
