@@ -8,6 +8,7 @@ import type { GpuTelemetry } from '../src/shared/progress';
 import type { Logger } from '../src/logger';
 import type { ModelRegistry } from '../src/registry/types';
 import type { GpuLeases } from '../src/supervisor/gpu';
+import type { ObjectStore } from '../src/storage/types';
 
 /** Kiln's own worker metrics; a no-op implementation where no exporter runs. */
 export interface KilnMetrics {
@@ -50,6 +51,11 @@ export interface GpuDeps extends CommonDeps {
   sampleGpus: (ids: string[]) => Promise<GpuTelemetry[] | null>;
   /** Pinned against retention; the train activity narrows it to the paths its job carries (PreparedJob.pinned). */
   isPinned: (path: string) => boolean;
+  /**
+   * The shared object store checkpoints go to (`storage.kind: s3`), opened and probed at worker start;
+   * null for `kind: local`, where the checkpoint in the work dir is the stored copy (docs/reliability.md).
+   */
+  store?: ObjectStore | null;
   /** Test hook: called once a trainer process was spawned. */
   onTrainerStarted?: (jobId: string, attempt: number) => void;
 }

@@ -14,6 +14,8 @@ import type { Logger } from '../src/logger';
 import { detectGpus, GpuLeases, sampleGpus } from '../src/supervisor/gpu';
 import { probeCgroups, sweepEmptyCgroups } from '../src/supervisor/cgroup';
 import { reapOrphans, type PidRecord } from '../src/supervisor/pidfiles';
+import { openStore, redactStorage, type ObjectStore } from '../src/storage';
+import { probeStore } from '../src/storage/probe';
 import { workerBase } from './common';
 import { createKilnMetrics } from './metrics';
 
@@ -56,8 +58,27 @@ async function failLostAttempts(client: Client, lost: PidRecord[], log: Logger):
   );
 }
 
+/**
+ * `storage.kind: s3`: opens the store and probes it (write, read, conditional writes, delete), so bad
+ * credentials, a missing bucket or an unreachable endpoint stop the worker at start with the fix,
+ * before it takes any job. `kind: local` needs no store here (the work dir is the stored copy).
+ */
+export async function openCheckpointStore(config: KilnConfig, log: Logger): Promise<ObjectStore | null> {
+  if (config.storage.kind !== 's3') return null;
+  const store = openStore(config.storage, config);
+  try {
+    const probe = await probeStore(store);
+    log.info({ storage: redactStorage(config.storage), ms: probe.ms }, 'checkpoint storage reachable (write, read, conditional writes, delete)');
+    return store;
+  } catch (err) {
+    store.close();
+    throw new Error(`storage ${store.uri} (storage: in ${config.file}) cannot be used by this GPU worker: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
 export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
   const { devices, slots } = await resolveDevices(o.config, o.pool, o.slots);
+  const store = await openCheckpointStore(o.config, o.log);
   const cg = probeCgroups();
   if (!('why' in cg)) o.log.info({ cgroupParent: cg.parent, sweptEmpty: sweepEmptyCgroups(cg.parent) }, 'each trainer runs in its own cgroup');
   else o.log.warn({ why: cg.why }, 'cgroups are not writable here: trainers are stopped by process group, so a trainer child that calls setsid can escape');
@@ -77,6 +98,7 @@ export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Wo
     registry: () => Promise.reject(new Error('a GPU worker does not open the model registry (only the control worker and the CLI do)')),
     isPinned: () => false,
     onTrainerStarted: o.onTrainerStarted,
+    store,
   };
   o.log.info({ pool: o.pool, devices, slots }, devices.length ? 'GPU pool' : 'no GPU found (nvidia-smi absent or empty): running on CPU slots');
   const worker = await Worker.create({
@@ -97,6 +119,7 @@ export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Wo
     worker,
     close: async () => {
       await base.connection.close();
+      store?.close();
     },
   };
 }

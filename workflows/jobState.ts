@@ -86,6 +86,8 @@ export class JobState {
   lastCheckpoint: CheckpointRef | null = null;
   checkpoints: CheckpointRef[] = [];
   validation: Record<string, number> = {};
+  /** An attempt that found every checkpoint unreachable and trained from step 0. */
+  restartedFromScratch: { attempt: number; stepsLost: number; reason: string } | null = null;
   /** Set once a version exists, so a job cancelled while awaiting approval still reports it. */
   registered: Registered | null = null;
   readonly startedAt = new Date().toISOString();
@@ -127,6 +129,12 @@ export class JobState {
     if (cp.success && cp.data.step > (this.lastCheckpoint?.step ?? -1)) this.lastCheckpoint = cp.data;
     if (typeof hb?.workerId === 'string') rec.worker ??= hb.workerId.slice(0, 512);
     if (typeof hb?.step === 'number' && Number.isFinite(hb.step)) rec.last_step = Math.max(rec.last_step ?? 0, hb.step);
+  }
+
+  /** The checkpoints the job knows of, for the next attempt (which may run on another host). */
+  recorded(): { checkpoints: CheckpointRef[]; step: number; workerId: string | null } {
+    const cps = this.lastCheckpoint && !this.checkpoints.some((c) => c.path === this.lastCheckpoint!.path) ? [...this.checkpoints, this.lastCheckpoint] : this.checkpoints;
+    return { checkpoints: cps, step: this.latest?.step ?? 0, workerId: this.latest?.workerId ?? null };
   }
 
   /** Opens the record of a new train attempt. */
@@ -293,6 +301,11 @@ export class JobState {
     this.workers.add(r.workerId);
     if (r.lastCheckpoint) this.lastCheckpoint = r.lastCheckpoint;
     this.checkpoints = r.checkpoints;
+    if (r.restartedFromScratch) {
+      // The checkpoints recorded before are gone: the resume point is this attempt's own.
+      this.restartedFromScratch = { attempt: r.attempt, ...r.restartedFromScratch };
+      this.lastCheckpoint = r.lastCheckpoint;
+    }
     if (Object.keys(r.validation).length) this.validation = { ...this.validation, ...r.validation };
     // The first report of the running attempt: its trainer runs, the wait for a slot is over.
     if (this.phase === 'queued' && r.token === this.queuedToken) {
@@ -329,6 +342,7 @@ export class JobState {
       cancelReason: this.cancelReason,
       ignoredMessages: this.ignoredMessages,
       lastIgnored: this.lastIgnored,
+      restartedFromScratch: this.restartedFromScratch,
       line: this.line(),
       attemptLog: this.attemptLog,
       summary: this.summary,
@@ -362,6 +376,7 @@ export class JobState {
         failure,
         resumed_from_steps: this.resumedFromSteps,
         resume: train?.resumedFrom ? { from_step: train.resumedFrom.step, first_step: train.firstStep } : null,
+        ...(this.restartedFromScratch ? { restarted_from_scratch: { attempt: this.restartedFromScratch.attempt, steps_lost: this.restartedFromScratch.stepsLost, reason: this.restartedFromScratch.reason } } : {}),
       },
     };
   }

@@ -119,7 +119,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
     try {
       const train = await scope.run(() =>
         gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer}) attempt ${rec.n}${rec.resume_step ? ` from step ${rec.resume_step}` : ''}` }, [
-          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n },
+          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded() },
         ]),
       );
       job.workers.add(train.workerId);

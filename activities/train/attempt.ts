@@ -9,14 +9,15 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { KilnConfig } from '../../src/config/load';
 import type { Logger } from '../../src/logger';
 import { ErrorType } from '../../src/shared/errors';
-import type { CheckpointRef, TrainHeartbeat } from '../../src/shared/progress';
+import type { CheckpointRef, ProgressReport, TrainHeartbeat } from '../../src/shared/progress';
 import type { PreparedJob } from '../../src/shared/spec';
 import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
 import { selectKept } from '../../src/supervisor/retention';
-import { artifactDir, checkpointDir, chooseResumePoint, dropJournals, generationOf, insideDir, journalDir, journalFile, WorkDirLease, writeManifest } from '../../src/supervisor/workdir';
+import { artifactDir, checkpointDir, chooseResumePoint, dropJournals, generationOf, insideDir, journalDir, journalFile, readManifest, WorkDirLease, writeManifest, type ResumePoint } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
 import { jobIoFailure } from './ioError';
 import { waitingHeartbeat } from './progress';
+import { lostCheckpoints, recordedCheckpoints, resumeFromStore } from './resume';
 
 export interface TrainInput {
   prepared: PreparedJob;
@@ -27,6 +28,11 @@ export interface TrainInput {
   reportToken?: string;
   /** The workflow's attempt number (each attempt is its own activity); the activity's own otherwise. */
   attempt?: number;
+  /**
+   * The checkpoints the job recorded so far (from its reports), the last step and worker: how an
+   * attempt on another host knows what it should resume from. Absent in older histories.
+   */
+  recorded?: { checkpoints: CheckpointRef[]; step: number; workerId: string | null };
 }
 
 /** One attempt of a train activity, once it owns the work dir. */
@@ -49,18 +55,21 @@ export interface TrainAttempt {
   resumedFrom: CheckpointRef | null;
   /** Announced checkpoints that still exist, oldest first. */
   checkpoints: CheckpointRef[];
+  /** Every recorded checkpoint was unreachable and this attempt starts from step 0 (onLostCheckpoints: restart). */
+  restartedFromScratch: ProgressReport['restartedFromScratch'];
 }
 
 /** Starts the attempt; a disk error on the job's files fails only this attempt (JobIoError). */
-export async function beginAttempt(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
+export async function beginAttempt(deps: GpuDeps, ctx: Context, input: TrainInput): Promise<TrainAttempt> {
   try {
-    return await takeOver(deps, info, input);
+    return await takeOver(deps, ctx, input);
   } catch (err) {
     throw jobIoFailure(input.prepared.jobId, err);
   }
 }
 
-async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<TrainAttempt> {
+async function takeOver(deps: GpuDeps, ctx: Context, input: TrainInput): Promise<TrainAttempt> {
+  const info: Info = ctx.info;
   const p = input.prepared;
   const jobId = p.jobId;
   const attempt = input.attempt ?? info.attempt;
@@ -99,8 +108,12 @@ async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<T
     fs.rmSync(pidfile, { force: true });
   }
 
-  const heartbeat = (info.heartbeatDetails ?? null) as TrainHeartbeat | null;
-  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log, gen });
+  const heartbeat = knownCheckpoints((info.heartbeatDetails ?? null) as TrainHeartbeat | null, input.recorded);
+  const { resume, recorded } = await findResumePoint(deps, ctx, { input, workDir, log, gen, attempt, heartbeat });
+  let restartedFromScratch: ProgressReport['restartedFromScratch'] = null;
+  if (!resume.resumedFrom && recorded.length) {
+    restartedFromScratch = lostCheckpoints(recorded, { storeUri: deps.store?.uri ?? null, heartbeat, policy: p.onLostCheckpoints ?? 'fail', jobId, log });
+  }
   let checkpoints = resume.checkpoints;
   if (resume.adopted.length) {
     // Announced to a shim after its worker died: verified like any checkpoint, kept by retention, now in the manifest.
@@ -114,7 +127,35 @@ async function takeOver(deps: GpuDeps, info: Info, input: TrainInput): Promise<T
   dropJournals(workDir, gen);
   const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
   const journal = journalFile(workDir, gen, attempt);
-  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints };
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints, restartedFromScratch };
+}
+
+/**
+ * The resume point, and every checkpoint the job recorded (inside the work dir): from storage with
+ * `storage.kind: s3` (resume.ts), else from this host's work dir (chooseResumePoint).
+ */
+async function findResumePoint(
+  deps: GpuDeps,
+  ctx: Context,
+  o: { input: TrainInput; workDir: string; log: Logger; gen: number; attempt: number; heartbeat: TrainHeartbeat | null },
+): Promise<{ resume: ResumePoint; recorded: CheckpointRef[] }> {
+  const { input, workDir, log, heartbeat } = o;
+  if (deps.store) {
+    const beat = (recorded: CheckpointRef[]) =>
+      ctx.heartbeat({ ...waitingHeartbeat({ attempt: o.attempt, workerId: deps.workerId, resumedFrom: heartbeat?.lastCheckpoint ?? null, checkpoints: [...recorded].reverse() }), step: heartbeat?.step ?? 0 });
+    const r = await resumeFromStore(deps.store, { ctx, jobId: input.prepared.jobId, workDir, log, heartbeat, resumeFrom: input.resumeFrom, beat });
+    return { resume: { resumedFrom: r.resumedFrom, checkpoints: r.checkpoints, adopted: [] }, recorded: r.recorded };
+  }
+  const recorded = recordedCheckpoints([readManifest(workDir), heartbeat?.checkpoints ?? [], input.resumeFrom ? [input.resumeFrom] : []]).filter((c) => insideDir(workDir, c.path));
+  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log, gen: o.gen });
+  return { resume, recorded };
+}
+
+/** The previous attempt's heartbeat details, with the checkpoints the workflow recorded added. */
+function knownCheckpoints(hb: TrainHeartbeat | null, rec: TrainInput['recorded']): TrainHeartbeat | null {
+  if (!rec?.checkpoints.length) return hb;
+  const base: TrainHeartbeat = hb ?? { attempt: 0, step: rec.step, epoch: null, lastCheckpoint: null, checkpoints: [], metrics: {}, gpu: null, workerId: rec.workerId ?? '' };
+  return { ...base, step: Math.max(base.step, rec.step), workerId: base.workerId || (rec.workerId ?? ''), checkpoints: [...rec.checkpoints, ...base.checkpoints] };
 }
 
 /** A fine-tune with no checkpoint of its own starts from the spec's base checkpoint. */

@@ -12,10 +12,11 @@ import { insideDir, writeManifest } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
 import type { TrainAttempt } from './attempt';
 import type { ProgressChannel, TrainProgress } from './progress';
+import type { CheckpointUploader } from './upload';
 
 const VALIDATION_SPLITS = new Set(['validation', 'val', 'eval']);
 
-export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: TrainProgress, channel: ProgressChannel): (e: TrainerEvent) => void {
+export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: TrainProgress, channel: ProgressChannel, uploader?: CheckpointUploader | null): (e: TrainerEvent) => void {
   const { log, workDir, jobId } = a;
   // The pause checkpoint and the base checkpoint are what this attempt started from: never pruned.
   const pinned = new Set<string>([...(a.input.resumeFrom ? [a.input.resumeFrom.path] : []), ...(a.p.spec.baseCheckpoint ? [a.p.spec.baseCheckpoint] : [])]);
@@ -38,7 +39,14 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
       return;
     }
     const ref: CheckpointRef = { step: e.step, path: cp, metrics: { ...progress.metrics, ...e.metrics } };
-    const all = [...progress.checkpoints.filter((c) => c.path !== cp), ref].sort((x, y) => x.step - y.step);
+    // With shared storage the checkpoint is verified only once uploaded; until then it is not a resume point.
+    if (uploader) uploader.enqueue(ref);
+    else verified(ref);
+  };
+
+  /** A verified checkpoint: retention (local copies, and stored objects), the manifest, a heartbeat. */
+  const verified = (ref: CheckpointRef) => {
+    const all = [...progress.checkpoints.filter((c) => c.path !== ref.path), ref].sort((x, y) => x.step - y.step);
     const { keep, drop } = selectKept(all, a.p.retention, isPinned);
     for (const d of drop) {
       fs.rmSync(d.path, { recursive: true, force: true });
@@ -49,7 +57,16 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
     channel.heartbeat();
     // Checkpoints are worth a signal (the workflow reports the last one), but not more than one a second.
     if (channel.msSinceSignal() > 1000) void channel.signal();
+    return { keep, drop };
   };
+  if (uploader) {
+    uploader.onVerified = async (ref) => {
+      if (a.lease.superseded()) return;
+      const { keep, drop } = verified(ref);
+      await uploader.writeManifest(keep).catch((err: unknown) => log.warn({ err: String(err) }, 'cannot write the job manifest to storage'));
+      await uploader.deleteStored(drop);
+    };
+  }
 
   return (e: TrainerEvent) => {
     switch (e.type) {

@@ -17,6 +17,7 @@ import type { GpuDeps } from '../deps';
 import { beginAttempt, leaseGpus, type TrainInput } from './attempt';
 import { ProgressChannel, TrainProgress } from './progress';
 import { superviseTrainer } from './supervise';
+import { CheckpointUploader } from './upload';
 
 export type { TrainInput } from './attempt';
 
@@ -26,12 +27,25 @@ export function createTrain(workerDeps: GpuDeps) {
     // What the registry pins in this job's folder comes with the job: a GPU worker opens no database.
     const pinned = input.prepared.pinned ?? [];
     const deps: GpuDeps = { ...workerDeps, isPinned: (p) => pinnedBy(pinned, p) || workerDeps.isPinned(p) };
-    const a = await beginAttempt(deps, ctx.info, input);
+    const a = await beginAttempt(deps, ctx, input);
     const { gpuIds, leaseOwner } = await leaseGpus(deps, ctx, a);
     deps.metrics.jobStarted(a.p.spec.pool);
     // Built after the GPU wait: the stall clock starts when the trainer can run.
     const progress = new TrainProgress(a.attempt, a.workerId, a.resumedFrom, a.checkpoints, gpuIds);
+    progress.restartedFromScratch = a.restartedFromScratch;
     const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log, input.reportToken);
-    return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel });
+    const errors: { onError: (err: unknown) => void } = { onError: () => undefined };
+    const uploader = deps.store
+      ? new CheckpointUploader(deps.store, {
+          jobId: a.jobId,
+          workDir: a.workDir,
+          log: a.log,
+          concurrency: deps.config.storage.kind === 's3' ? deps.config.storage.concurrency : 4,
+          stillOwner: () => !a.lease.superseded(),
+          onError: (err) => errors.onError(err),
+        })
+      : null;
+    if (uploader) progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
+    return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel, uploader, errors });
   };
 }

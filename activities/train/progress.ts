@@ -45,6 +45,10 @@ export class TrainProgress {
   /** Kept checkpoints, oldest first. */
   checkpoints: CheckpointRef[];
   checkpointBytes: number;
+  /** The checkpoint upload in flight (shared storage), for heartbeat details and the status line. */
+  uploadState: () => ProgressReport['upload'] = () => null;
+  /** Set when this attempt found every recorded checkpoint unreachable and started from step 0. */
+  restartedFromScratch: ProgressReport['restartedFromScratch'] = null;
   private readonly rateWindow: Array<{ t: number; step: number }> = [];
 
   constructor(
@@ -106,6 +110,8 @@ export class TrainProgress {
       metrics: rounded(this.metrics),
       gpu: this.gpu,
       workerId: this.workerId,
+      upload: this.uploadState(),
+      restartedFromScratch: this.restartedFromScratch,
     };
   }
 
@@ -131,6 +137,8 @@ export class TrainProgress {
       stepsPerSec: sps,
       etaMs: sps && this.totalSteps ? Math.max(0, ((this.totalSteps - this.step) / sps) * 1000) : null,
       lastProgressAt: this.lastProgressAt,
+      upload: this.uploadState(),
+      restartedFromScratch: this.restartedFromScratch,
       final,
     };
   }

@@ -17,6 +17,7 @@ import type { TrainAttempt } from './attempt';
 import { trainerEventHandler } from './events';
 import { jobIoFailure } from './ioError';
 import type { ProgressChannel, TrainProgress } from './progress';
+import type { CheckpointUploader } from './upload';
 
 /** Heartbeat, stall and fence checks run this often; a cancel arrives within about a second. */
 const TICK_MS = 250;
@@ -58,6 +59,10 @@ export interface TrainRun {
   leaseOwner: string;
   progress: TrainProgress;
   channel: ProgressChannel;
+  /** Shared storage: checkpoints upload in the background and are verified once stored. */
+  uploader?: CheckpointUploader | null;
+  /** Where the uploader sends a disk error while recording a verified checkpoint. */
+  errors?: { onError: (err: unknown) => void };
 }
 
 export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAttempt, run: TrainRun): Promise<TrainResult> {
@@ -81,7 +86,7 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
       logCap: deps.config.workers.trainerLog,
       journal: { file: a.journal, leaseFile: leaseFile(workDir), leaseToken: a.lease.token },
       record: { jobId: a.jobId, attempt: a.attempt, taskToken: ctx.info.base64TaskToken ?? null },
-      onEvent: trainerEventHandler(deps, a, progress, run.channel),
+      onEvent: trainerEventHandler(deps, a, progress, run.channel, run.uploader),
       onMalformed: (line, why) => {
         progress.malformed += 1;
         if (progress.malformed <= 20 || progress.malformed % 1000 === 0) log.warn({ why, line: line.slice(0, 200), count: progress.malformed }, 'malformed trainer event ignored');
@@ -97,6 +102,7 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
 
   stop = new TrainerStop(trainer, a);
   const stopper = stop;
+  if (run.errors) run.errors.onError = (err) => stopper.failed(err);
   ctx.cancelled.catch((err) => {
     stopper.cancelErr = err;
     deps.metrics.cancelled(p.spec.pool);
@@ -122,8 +128,22 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
     // remove a newer attempt's record (it is how that attempt's trainer gets found and killed).
     if (readPidfile(a.pidfile)?.shimPid === trainer.child.pid) fs.rmSync(a.pidfile, { force: true });
   }
+  if (run.uploader && stopper.reason !== 'superseded') await drainUploads(a, run);
   run.channel.heartbeat();
   return outcome(a, run, stopper, code, logTail(logFile, TAIL_LINES, TAIL_BYTES));
+}
+
+/** After the trainer exited: the checkpoints still uploading become verified (or are given up) first, heartbeating. */
+async function drainUploads(a: TrainAttempt, run: TrainRun): Promise<void> {
+  const pending = run.uploader!.state;
+  if (!pending) return;
+  a.log.info({ step: pending.step, queued: pending.queued }, 'trainer exited; waiting for its checkpoints to finish uploading');
+  const beat = setInterval(() => run.channel.heartbeat(), TICK_MS);
+  try {
+    await run.uploader!.drain();
+  } finally {
+    clearInterval(beat);
+  }
 }
 
 /** One tick: heartbeat, stall and fence checks, GPU telemetry, and a progress signal when one is due. */

@@ -152,6 +152,7 @@ function progressLines(p: JobProgress): string[] {
   if (Object.keys(p.metrics).length) lines.push(`  metrics:    ${fmtMetrics(p.metrics)}`);
   if (Object.keys(p.validation).length) lines.push(`  validation: ${fmtMetrics(p.validation)}`);
   if (p.cancelReason) lines.push(`  cancelled:  ${p.cancelReason}`);
+  if (p.restartedFromScratch) lines.push(`  lost work:  attempt ${p.restartedFromScratch.attempt} restarted from step 0, ${p.restartedFromScratch.stepsLost} steps lost: ${p.restartedFromScratch.reason.split('\n')[0]}`);
   // Older runs answer without these fields.
   for (const a of p.attemptLog ?? []) lines.push(`  attempt ${a.n}:  ${attemptLine(a)}`);
   if (p.ignoredMessages) lines.push(`  ignored:    ${p.ignoredMessages} message(s) the job dropped; last: ${p.lastIgnored}`);
@@ -175,6 +176,8 @@ function summaryLines(r: JobSummary): string[] {
   if (r.registry.version) lines.push(`  registry:   v${r.registry.version} ${r.registry.stage}${r.registry.complete === false ? ' (INCOMPLETE: missing ' + r.registry.missing_metrics.join(', ') + ')' : ''} — ${r.registry.decision}`);
   if (r.outcome !== 'completed') lines.push(`  ended:      ${r.session_info.end_reason ?? endReason(r)}`);
   if (r.session_info.cancellation_reason && r.outcome === 'cancelled') lines.push(`  reason:     ${r.session_info.cancellation_reason}`);
+  const lost = r.session_info.restarted_from_scratch;
+  if (lost) lines.push(`  lost work:  attempt ${lost.attempt} restarted from step 0, ${lost.steps_lost} steps lost: ${lost.reason.split('\n')[0]}`);
   // The whole message: the cause, then the trainer's log tail it quotes.
   if (r.session_info.failure) lines.push(`  failure:    ${r.session_info.failure.trimEnd().split('\n').join('\n              ')}`);
   return lines;

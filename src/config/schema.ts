@@ -265,6 +265,12 @@ export const ModelSchema = z.strictObject({
   retrain: RetrainSchema.optional(),
   retention: RetentionSchema.partial().optional(),
   timeouts: TimeoutsSchema.partial().optional(),
+  /**
+   * When every recorded checkpoint of a job is unreachable (local storage on a dead host, objects
+   * deleted): `fail` (default) fails the job with CheckpointsUnreachable; `restart` trains from step 0
+   * and says so in status and the summary.
+   */
+  onLostCheckpoints: z.enum(['fail', 'restart']).optional(),
 });
 
 export const ConfigSchema = z.strictObject({

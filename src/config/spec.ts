@@ -25,6 +25,7 @@ export interface SpecOverrides {
   timeouts?: JobSpecInput['timeouts'];
   retention?: JobSpecInput['retention'];
   dataset?: string;
+  onLostCheckpoints?: JobSpecInput['onLostCheckpoints'];
 }
 
 /** Max size of a job spec accepted from outside (CLI JSON, API). Larger is refused before parsing. */
@@ -72,6 +73,7 @@ export function buildSpec(config: KilnConfig, model: string, o: SpecOverrides = 
     trigger: o.trigger ?? 'manual',
     timeouts: o.timeouts,
     retention: o.retention,
+    onLostCheckpoints: o.onLostCheckpoints,
   };
   const r = JobSpecSchema.safeParse(raw);
   if (!r.success) throw new ConfigError('job spec', formatIssues('spec', r.error));
@@ -147,6 +149,7 @@ export function prepareSpec(config: KilnConfig, spec: JobSpec, jobId: string, da
     evaluate: { command: Boolean(trainer.evaluate.command), queue: trainer.evaluate.queue, timeoutMs: trainer.evaluate.timeout },
     progressIntervalMs: config.workers.progressInterval,
     workDir,
+    onLostCheckpoints: spec.onLostCheckpoints ?? model?.onLostCheckpoints ?? 'fail',
   };
 }
 

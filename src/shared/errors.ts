@@ -23,6 +23,8 @@ export const ErrorType = {
   WorkerShutdown: 'WorkerShutdown',
   /** Object storage was briefly unreachable: an interruption. */
   StorageUnavailable: 'StorageUnavailable',
+  /** Every checkpoint the job recorded is unreachable (local storage on a dead host, objects deleted) and onLostCheckpoints is not `restart`. */
+  CheckpointsUnreachable: 'CheckpointsUnreachable',
   /** More interruptions than timeouts.maxInterruptions allows. */
   TooManyInterruptions: 'TooManyInterruptions',
   /** Trainer failures came faster than the thrashing window allows, progress or not. */
@@ -40,6 +42,7 @@ export const NON_RETRYABLE_TYPES = [
   ErrorType.InvalidParams,
   ErrorType.WorkerConfig,
   ErrorType.RegistryRefused,
+  ErrorType.CheckpointsUnreachable,
 ];
 
 /** Thrown when temporal.yaml (or a job spec) is invalid; `problems` lists every issue by path. */

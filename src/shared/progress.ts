@@ -17,7 +17,11 @@ export const GpuTelemetrySchema = z.object({
 });
 export type GpuTelemetry = z.infer<typeof GpuTelemetrySchema>;
 
-export const CheckpointRefSchema = z.object({ step: z.number().int().min(0), path: z.string().max(4096), metrics });
+/**
+ * A verified checkpoint: the local path the trainer wrote (and a resume restores it to) and, with
+ * `storage.kind: s3`, the storage URI it was uploaded and verified under (`s3://bucket/prefix/jobs/…`).
+ */
+export const CheckpointRefSchema = z.object({ step: z.number().int().min(0), path: z.string().max(4096), metrics, uri: z.string().max(4096).optional() });
 export type CheckpointRef = z.infer<typeof CheckpointRefSchema>;
 
 /**
@@ -48,13 +52,17 @@ export const ProgressReportSchema = z.object({
   stepsPerSec: num.nullable(),
   etaMs: num.nullable(),
   lastProgressAt: z.string().max(64).nullable(),
+  /** A checkpoint being uploaded to storage (not yet verified, not a resume point). */
+  upload: z.object({ step: z.number().int().min(0), doneBytes: num, totalBytes: num, queued: z.number().int().min(0) }).nullable().optional(),
+  /** This attempt found every recorded checkpoint unreachable and started over (onLostCheckpoints: restart). */
+  restartedFromScratch: z.object({ stepsLost: z.number().int().min(0), reason: z.string().max(4000) }).nullable().optional(),
   /** Final report of an attempt ended by cancel/pause: the checkpoint it saved on SIGTERM. */
   final: z.boolean().optional(),
 });
 export type ProgressReport = z.infer<typeof ProgressReportSchema>;
 
 /** What every train heartbeat carries (a view of the report); a retry reads it back from heartbeatDetails. */
-export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId'> & {
+export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId' | 'upload' | 'restartedFromScratch'> & {
   /** One sentence for people reading the raw details (Web UI, describe): `attempt 2 on host:12:gpu-gpu: epoch 3/5 · step 120/200 · loss 0.0183`. */
   line?: string;
 };
@@ -63,13 +71,15 @@ export const PHASES = ['queued', 'preparing', 'training', 'evaluating', 'registe
 export type Phase = (typeof PHASES)[number];
 
 /** `epoch 3/50 · step 120/640 · loss 0.018 · ETA 4m` */
-export function progressLine(p: Pick<ProgressReport, 'step' | 'totalSteps' | 'epoch' | 'totalEpochs' | 'metrics' | 'etaMs'>, fmt: (ms: number) => string): string {
+export function progressLine(p: Pick<ProgressReport, 'step' | 'totalSteps' | 'epoch' | 'totalEpochs' | 'metrics' | 'etaMs' | 'upload' | 'restartedFromScratch'>, fmt: (ms: number) => string): string {
   const parts: string[] = [];
   if (p.epoch !== null) parts.push(`epoch ${p.epoch}${p.totalEpochs ? `/${p.totalEpochs}` : ''}`);
   parts.push(`step ${p.step}${p.totalSteps ? `/${p.totalSteps}` : ''}`);
   const loss = p.metrics.loss;
   if (typeof loss === 'number') parts.push(`loss ${loss.toPrecision(3)}`);
   if (p.etaMs !== null) parts.push(`ETA ${fmt(p.etaMs)}`);
+  if (p.upload) parts.push(uploadLine(p.upload));
+  if (p.restartedFromScratch) parts.push(`restarted from step 0: ${p.restartedFromScratch.stepsLost} steps lost (${p.restartedFromScratch.reason.split('\n')[0]})`);
   return parts.join(' · ');
 }
 
@@ -81,4 +91,12 @@ export interface JobStatus {
   totalSteps: number | null;
   loss: number | null;
   line: string;
+}
+
+const GiB = 2 ** 30;
+/** `checkpoint step 600 uploading 1.2/4.0 GiB (+1 queued)` */
+export function uploadLine(u: NonNullable<ProgressReport['upload']>): string {
+  const unit = u.totalBytes >= GiB / 10 ? { d: GiB, n: 'GiB' } : { d: 2 ** 20, n: 'MiB' };
+  const q = u.queued ? ` (+${u.queued} queued)` : '';
+  return `checkpoint step ${u.step} uploading ${(u.doneBytes / unit.d).toFixed(1)}/${(u.totalBytes / unit.d).toFixed(1)} ${unit.n}${q}`;
 }

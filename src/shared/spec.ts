@@ -40,6 +40,8 @@ export const JobSpecSchema = z.strictObject({
       direction: z.enum(['min', 'max']).optional(),
     })
     .optional(),
+  /** See `onLostCheckpoints` of a model in temporal.yaml; overrides it. */
+  onLostCheckpoints: z.enum(['fail', 'restart']).optional(),
   timeouts: z
     .strictObject({
       heartbeat: ms.optional(),
@@ -103,6 +105,8 @@ export interface PreparedJob {
    * Absent in jobs prepared by older builds: nothing pinned.
    */
   pinned?: string[];
+  /** What an attempt does when every recorded checkpoint is unreachable (absent in older histories: fail). */
+  onLostCheckpoints?: 'fail' | 'restart';
 }
 
 /** `spirals · example · lr=0.1 epochs=5` for the UI's static summary. */

@@ -54,6 +54,8 @@ export interface JobSummary {
     resumed_from_steps: number[];
     /** The final attempt's resume: the checkpoint step it started from and the first step it reported. */
     resume: { from_step: number; first_step: number | null } | null;
+    /** Set when an attempt found every recorded checkpoint unreachable and trained from step 0 (onLostCheckpoints: restart). */
+    restarted_from_scratch?: { attempt: number; steps_lost: number; reason: string };
   };
 }
 
@@ -101,6 +103,8 @@ export interface JobProgress {
   /** The attempts so far (the last may be running). */
   attemptLog?: AttemptRecord[];
   lastIgnored: string | null;
+  /** An attempt found every checkpoint unreachable and started over from step 0. */
+  restartedFromScratch?: { attempt: number; stepsLost: number; reason: string } | null;
   line: string;
   summary: JobSummary | null;
 }

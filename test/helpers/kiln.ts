@@ -101,7 +101,8 @@ export interface KilnTestEnv {
   client: Client;
   controlQueue: string;
   startControlWorker(hooks?: RegistryHooks): Promise<Worker>;
-  startGpuWorker(o?: { pool?: string; slots?: number; fakeGpus?: number; env?: NodeJS.ProcessEnv }): Promise<GpuWorkerProc>;
+    /** `wrap`: a command the worker runs under (e.g. `unshare -m …` for a host with its own disk); it must exec the worker. */
+  startGpuWorker(o?: { pool?: string; slots?: number; fakeGpus?: number; env?: NodeJS.ProcessEnv; wrap?: string[] }): Promise<GpuWorkerProc>;
   submit(model: string, o?: SpecOverrides & { jobId?: string }): Promise<WorkflowHandle>;
   /** Rewrites the config file (and this.config) for later workers. */
   writeConfig(yaml: string): void;
@@ -158,7 +159,8 @@ export async function startKilnEnv(configYaml = defaultConfigYaml(), opts: { sea
       const out = fs.openSync(logFile, 'a');
       const args = [KILN_BIN, 'worker', 'gpu', '--pool', pool];
       if (o.slots) args.push('--slots', String(o.slots));
-      const child = spawn(process.execPath, args, {
+      const argv = [...(o.wrap ?? []), process.execPath, ...args];
+      const child = spawn(argv[0]!, argv.slice(1), {
         env: {
           ...process.env,
           KILN_CONFIG: configFile,

@@ -1,0 +1,156 @@
+/**
+ * Checkpoints into shared storage (`storage.kind: s3`). The trainer writes to the local
+ * KILN_CHECKPOINT_DIR as always; each announced checkpoint is queued here and uploaded in the
+ * background, one checkpoint at a time (its files and parts in parallel, `storage.concurrency`), so
+ * the trainer keeps training and writing the next one while heartbeats keep flowing. A checkpoint
+ * becomes verified (resumable, in heartbeat details and the manifest, counted by retention) only when
+ * uploadCheckpoint has put every file, the manifest and, last, the completion marker.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from '../../src/logger';
+import type { CheckpointRef } from '../../src/shared/progress';
+import { deleteCheckpoint, ObjectNotFound, uploadCheckpoint, type ObjectStore } from '../../src/storage';
+
+/** Upload tries per checkpoint before it is given up (not a resume point; the next one will be). */
+const TRIES = 3;
+
+/** `jobs/<jobId>/checkpoints/model-600.pt`: the checkpoint's place in the store, by its path in the work dir. */
+export function checkpointPrefix(jobId: string, workDir: string, localPath: string): string {
+  const rel = path.relative(workDir, localPath).split(path.sep).join('/');
+  return `jobs/${jobId}/${rel}`;
+}
+
+/** Where a stored checkpoint goes in this host's work dir (its path relative to the work dir, from its key). */
+export function localPathOf(jobId: string, workDir: string, ref: CheckpointRef, store: ObjectStore): string | null {
+  const key = ref.uri?.startsWith(`${store.uri}/`) ? ref.uri.slice(store.uri.length + 1) : null;
+  const head = `jobs/${jobId}/`;
+  if (!key?.startsWith(head)) return null;
+  const rel = key.slice(head.length).split('/');
+  if (rel.some((s) => !s || s === '.' || s === '..')) return null;
+  return path.join(workDir, ...rel);
+}
+
+export function manifestKey(jobId: string): string {
+  return `jobs/${jobId}/checkpoints.json`;
+}
+
+/** The job's manifest in storage: the verified checkpoints retention kept. Empty when absent or unreadable. */
+export async function readStoredManifest(store: ObjectStore, jobId: string, log: Logger): Promise<CheckpointRef[]> {
+  try {
+    const m = JSON.parse((await store.get(manifestKey(jobId))).body.toString('utf8')) as { checkpoints?: CheckpointRef[] };
+    return Array.isArray(m.checkpoints) ? m.checkpoints.filter((c) => typeof c?.uri === 'string' && Number.isInteger(c.step)) : [];
+  } catch (err) {
+    if (!(err instanceof ObjectNotFound)) log.warn({ err: String(err) }, 'cannot read the job manifest from storage');
+    return [];
+  }
+}
+
+export interface UploadState {
+  step: number;
+  doneBytes: number;
+  totalBytes: number;
+  queued: number;
+}
+
+export class CheckpointUploader {
+  private readonly queue: CheckpointRef[] = [];
+  private running: Promise<void> | null = null;
+  /** The upload in flight, for heartbeat details and the status line. */
+  state: UploadState | null = null;
+  /** Checkpoints given up after TRIES failed uploads. */
+  failed = 0;
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly o: {
+      jobId: string;
+      workDir: string;
+      log: Logger;
+      concurrency: number;
+      /** False once a newer attempt owns the job: nothing more is uploaded or recorded. */
+      stillOwner: () => boolean;
+      /** A disk error while recording a verified checkpoint: fails the attempt (as a trainer event's would). */
+      onError: (err: unknown) => void;
+    },
+  ) {}
+
+  /** Called with each verified checkpoint (its `uri` set); set by the event handler. */
+  onVerified: (ref: CheckpointRef) => Promise<void> = async () => {};
+
+  enqueue(ref: CheckpointRef): void {
+    this.queue.push(ref);
+    if (this.state) this.state.queued = this.queue.length;
+    this.running ??= this.loop().finally(() => {
+      this.running = null;
+    });
+  }
+
+  /** Resolves once every queued checkpoint is verified or given up. */
+  async drain(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  private async loop(): Promise<void> {
+    for (let ref = this.queue.shift(); ref; ref = this.queue.shift()) {
+      await this.uploadOne(ref);
+    }
+    this.state = null;
+  }
+
+  private async uploadOne(ref: CheckpointRef): Promise<void> {
+    const { log, jobId, workDir } = this.o;
+    const prefix = checkpointPrefix(jobId, workDir, ref.path);
+    let uri: string | null = null;
+    for (let n = 1; n <= TRIES && uri === null; n++) {
+      if (!this.o.stillOwner()) return;
+      if (!fs.existsSync(ref.path)) {
+        log.warn({ step: ref.step, path: ref.path }, 'checkpoint vanished before it was uploaded: not a resume point');
+        return;
+      }
+      this.state = { step: ref.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length };
+      try {
+        const up = await uploadCheckpoint(this.store, prefix, ref.path, {
+          concurrency: this.o.concurrency,
+          onProgress: (done, total) => {
+            if (this.state) Object.assign(this.state, { doneBytes: done, totalBytes: total, queued: this.queue.length });
+          },
+        });
+        uri = `${this.store.uri}/${prefix}`;
+        log.info({ step: ref.step, uri, bytes: up.manifest.bytes, files: up.manifest.files.length, ms: up.ms }, 'checkpoint uploaded and verified');
+      } catch (err) {
+        log.warn({ step: ref.step, try: n, of: TRIES, err: err instanceof Error ? err.message : String(err) }, n < TRIES ? 'checkpoint upload failed; retrying' : 'checkpoint upload failed: it is not a resume point');
+        if (n < TRIES) await new Promise((r) => setTimeout(r, 1000 * 2 ** (n - 1)));
+      }
+    }
+    // Verified: no longer "uploading" in what the next heartbeat and report say.
+    this.state = this.queue.length ? { step: this.queue[0]!.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length - 1 } : null;
+    if (uri === null) {
+      this.failed += 1;
+      return;
+    }
+    if (!this.o.stillOwner()) return;
+    try {
+      await this.onVerified({ ...ref, uri });
+    } catch (err) {
+      this.o.onError(err);
+    }
+  }
+
+  /** Removes checkpoints retention dropped from storage (marker first); a failure is only logged. */
+  async deleteStored(refs: CheckpointRef[]): Promise<void> {
+    for (const d of refs) {
+      if (!d.uri?.startsWith(`${this.store.uri}/`)) continue;
+      try {
+        await deleteCheckpoint(this.store, d.uri.slice(this.store.uri.length + 1));
+      } catch (err) {
+        this.o.log.warn({ step: d.step, uri: d.uri, err: String(err) }, 'cannot delete a checkpoint retention dropped from storage');
+      }
+    }
+  }
+
+  /** Writes the job's manifest to storage, so an attempt on any host finds the resume point. */
+  async writeManifest(keep: CheckpointRef[]): Promise<void> {
+    await this.store.put(manifestKey(this.o.jobId), Buffer.from(JSON.stringify({ checkpoints: keep }, null, 1)));
+  }
+}

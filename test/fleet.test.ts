@@ -1,0 +1,283 @@
+/**
+ * Work survives the fleet: two GPU "hosts" that share no disk (each GPU worker in its own mount
+ * namespace, `unshare -m`, with a private tmpfs mounted at the same state path), a control worker
+ * (this process, the control host) and one Temporal dev server; checkpoints in a real S3-API server
+ * (moto over HTTP on 127.0.0.1, one per file) reached directly or through a proxy the test can stall.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { progressQuery } from '../src/shared/messages';
+import type { JobProgress, JobSummary } from '../src/shared/summary';
+import { StorageSchema } from '../src/config/schema';
+import { S3Store, verifyCheckpoint } from '../src/storage';
+import type { S3StorageConfig } from '../src/storage';
+import { isAlive } from '../src/supervisor/proc';
+import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
+import { defaultConfigYaml, EXAMPLE_TRAINER, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
+import { motoCommand, startMoto, type MotoServer } from './helpers/moto';
+import { runKiln } from './helpers/processes';
+
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+const BUCKET = 'kiln-fleet';
+const canUnshare = spawnSync('unshare', ['-m', 'true'], { stdio: 'ignore' }).status === 0;
+const skip = !motoCommand() ? "moto_server not installed (pip install 'moto[server]')" : !canUnshare ? 'unshare -m is not permitted here (needs root): no separate hosts' : false;
+
+/** A TCP proxy to moto whose client→server bytes can be held (an upload that makes no progress). */
+class StallProxy {
+  held = false;
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly waiting: Array<() => void> = [];
+  port = 0;
+  constructor(target: number) {
+    this.server = net.createServer((c) => {
+      const s = net.connect(target, '127.0.0.1');
+      this.sockets.add(c).add(s);
+      c.on('data', (d) => {
+        if (!this.held) return void s.write(d);
+        c.pause();
+        this.waiting.push(() => {
+          s.write(d);
+          c.resume();
+        });
+      });
+      s.pipe(c);
+      const end = () => {
+        c.destroy();
+        s.destroy();
+      };
+      c.on('error', end).on('close', end);
+      s.on('error', end).on('close', end);
+    });
+  }
+  async listen(): Promise<void> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
+    this.port = (this.server.address() as net.AddressInfo).port;
+  }
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+const TRAINERS = `  plain:
+    command: [node, ${EXAMPLE_TRAINER}]
+    params:${EXAMPLE_TRAINER_PARAMS}`;
+const MODELS = `  spirals:
+    trainer: plain
+    dataset: synthetic://spirals/v1
+    params: { epochs: 2, steps_per_epoch: 10 }`;
+
+function configYaml(state: string, storage: string): string {
+  return defaultConfigYaml({
+    trainers: TRAINERS,
+    models: MODELS,
+    pools: '    gpu: { devices: auto, slots: 1, metricsPort: 0 }',
+    timeouts: '  heartbeat: 3s\n  stall: 30s\n  cancelGrace: 3s\n  maxAttempts: 5',
+    extra: `artifacts:\n  root: ${path.join(state, 'artifacts')}\n${storage}`,
+  });
+}
+
+const s3Yaml = (endpoint: string) => `storage:\n  kind: s3\n  bucket: ${BUCKET}\n  prefix: fleet\n  endpoint: ${endpoint}\n  forcePathStyle: true\n`;
+
+/** Processes whose work dir lies in the hosts' state path (trainers and shims of any host). */
+function hostProcesses(state: string): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) continue;
+      if (fs.readFileSync(`/proc/${name}/environ`, 'utf8').includes(`KILN_WORK_DIR=${state}`)) out.push(Number(name));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+describe('fleet: GPU hosts without a shared disk', { skip }, () => {
+  let env: KilnTestEnv;
+  let moto: MotoServer;
+  let proxy: StallProxy;
+  let state: string;
+  let direct: string;
+  const hosts: GpuWorkerProc[] = [];
+
+  /** A GPU host: its own mount namespace with a private tmpfs at the state path. */
+  async function startHost(config = env.configFile): Promise<GpuWorkerProc> {
+    const w = await env.startGpuWorker({
+      slots: 1,
+      wrap: ['unshare', '-m', '--', 'sh', '-c', 'mount -t tmpfs -o size=256m kiln-host "$0" && exec "$@"', state],
+      env: { ...moto.env, KILN_HOME: state, KILN_CONFIG: config },
+    });
+    hosts.push(w);
+    return w;
+  }
+
+  async function stopHosts(): Promise<void> {
+    for (const h of hosts) h.kill('SIGKILL');
+    await Promise.all(hosts.map((h) => h.exited));
+    await waitFor(() => hostProcesses(state).length === 0, 15_000, 'every trainer of the hosts to exit');
+    for (const h of hosts) assert.ok(!isAlive(h.pid), `worker ${h.pid} is gone`);
+    hosts.length = 0;
+  }
+
+  before(async () => {
+    moto = await startMoto();
+    const admin = new S3Client({ endpoint: moto.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
+    await admin.send(new CreateBucketCommand({ Bucket: BUCKET }));
+    admin.destroy();
+    proxy = new StallProxy(Number(new URL(moto.endpoint).port));
+    await proxy.listen();
+    env = await startKilnEnv(defaultConfigYaml());
+    state = path.join(env.home, 'state');
+    fs.mkdirSync(state);
+    // Hosts reach storage through the proxy; `direct` is the same bucket without it.
+    env.writeConfig(configYaml(state, s3Yaml(`http://127.0.0.1:${proxy.port}`)));
+    direct = path.join(env.home, 'direct.yaml');
+    fs.writeFileSync(direct, configYaml(state, s3Yaml(moto.endpoint)));
+    await env.startControlWorker();
+  });
+  after(async () => {
+    await stopHosts().catch(() => undefined);
+    await env?.cleanup();
+    await proxy?.close();
+    await moto?.stop();
+    if (moto) assert.ok(!isAlive(moto.pid), 'moto is gone');
+  });
+
+  const verifiedCheckpoints = async (h: WorkflowHandle, n: number, minStep: number) =>
+    waitFor(async () => {
+      const p = (await h.query(progressQuery)) as JobProgress;
+      return p.lastCheckpoint?.uri && p.checkpoints >= n && p.lastCheckpoint.step >= minStep ? p : null;
+    }, 60_000, `${n} verified checkpoints`);
+
+  test('s3: SIGKILL of the owning host after two verified checkpoints → the other host resumes from the last one and completes', async () => {
+    const a = await startHost();
+    const h = await env.submit('spirals', { params: { epochs: 25, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
+    const seen = await verifiedCheckpoints(h, 2, 20);
+    assert.match(seen.lastCheckpoint!.uri!, new RegExp(`^s3://${BUCKET}/fleet/jobs/${h.workflowId}/checkpoints/`));
+    const b = await startHost();
+    a.kill('SIGKILL');
+    await a.exited;
+    const s = (await h.result()) as JobSummary;
+    assert.equal(s.outcome, 'completed');
+    assert.equal(s.training_metrics.steps, 250);
+    const resume = s.session_info.resume!;
+    assert.ok(resume, 'the final attempt resumed');
+    assert.ok(resume.from_step >= seen.lastCheckpoint!.step, `resumed from ${resume.from_step}; verified before the kill: ${seen.lastCheckpoint!.step}`);
+    assert.equal(resume.first_step, resume.from_step + 1, 'first step = checkpoint step + 1');
+    assert.ok(s.session_info.workers.some((w) => w.includes(`:${b.pid}:`)), `host B finished it: ${s.session_info.workers.join(', ')}`);
+    assert.equal(s.session_info.restarted_from_scratch, undefined);
+    // What it resumed from was a verified checkpoint in storage, not a file on host A's disk.
+    const cfg = StorageSchema.parse({ kind: 's3', bucket: BUCKET, prefix: 'fleet', endpoint: moto.endpoint, forcePathStyle: true, accessKeyId: 'testing', secretAccessKey: 'testing' }) as S3StorageConfig;
+    const store = new S3Store(cfg);
+    try {
+      for (const c of s.artifacts.checkpoints) {
+        assert.ok(c.uri, `checkpoint ${c.step} has a storage URI`);
+        assert.equal((await verifyCheckpoint(store, c.uri.slice(store.uri.length + 1))).verified, true, `${c.uri} verifies`);
+      }
+    } finally {
+      store.close();
+    }
+    await stopHosts();
+  });
+
+  test('s3: a host killed while a checkpoint uploads → that checkpoint is never resumed from', async () => {
+    const a = await startHost();
+    const h = await env.submit('spirals', { params: { epochs: 40, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
+    const seen = await verifiedCheckpoints(h, 2, 20);
+    // Host A's uploads now make no progress: the next checkpoint is announced but never completes.
+    proxy.held = true;
+    const stuck = await waitFor(async () => {
+      const p = (await h.query(progressQuery)) as JobProgress;
+      const m = /checkpoint step (\d+) uploading/.exec(p.line);
+      return m ? { step: Number(m[1]), p } : null;
+    }, 30_000, 'an upload in progress (shown in the status line)');
+    const verifiedBefore = ((await h.query(progressQuery)) as JobProgress).lastCheckpoint!;
+    assert.ok(stuck.step > verifiedBefore.step, `stuck upload of step ${stuck.step} is newer than the verified ${verifiedBefore.step}`);
+    assert.ok(verifiedBefore.step >= seen.lastCheckpoint!.step);
+    // Host B reaches storage directly.
+    const b = await startHost(direct);
+    a.kill('SIGKILL');
+    await a.exited;
+    const s = (await h.result()) as JobSummary;
+    proxy.held = false;
+    assert.equal(s.outcome, 'completed');
+    assert.equal(s.training_metrics.steps, 400);
+    const resume = s.session_info.resume!;
+    assert.equal(resume.from_step, verifiedBefore.step, `resumed from the last verified checkpoint (${verifiedBefore.step}), not the half-uploaded ${stuck.step}`);
+    assert.equal(resume.first_step, resume.from_step + 1);
+    assert.ok(s.session_info.workers.some((w) => w.includes(`:${b.pid}:`)));
+    await stopHosts();
+  });
+
+  test('local storage on two hosts: SIGKILL → CheckpointsUnreachable naming the checkpoints; onLostCheckpoints: restart → from step 0, and status says work was lost', async () => {
+    env.writeConfig(configYaml(state, ''));
+    try {
+      const a = await startHost();
+      const h = await env.submit('spirals', { params: { epochs: 25, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
+      const seen = await verifiedCheckpoints2(h);
+      await startHost();
+      a.kill('SIGKILL');
+      await a.exited;
+      const err = await h.result().then(
+        () => assert.fail('the job completed'),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof WorkflowFailedError, String(err));
+      // The attempt failed non-retryably as CheckpointsUnreachable (the job then fails with its message).
+      const failed = (await h.fetchHistory()).events!.filter((e) => e.activityTaskFailedEventAttributes).map((e) => e.activityTaskFailedEventAttributes!.failure!);
+      const last = failed[failed.length - 1]!;
+      assert.equal(last.applicationFailureInfo?.type, 'CheckpointsUnreachable', last.message ?? '');
+      assert.equal(last.applicationFailureInfo?.nonRetryable, true);
+      const cause = err.cause as Error;
+      const named = new RegExp(`every recorded checkpoint of ${h.workflowId} is unreachable from this host: step (\\d+) at (\\S+?),? .*\\(storage.kind: local, on the host of worker \\S+:${a.pid}:gpu-gpu\\)`).exec(cause.message);
+      assert.ok(named, cause.message);
+      assert.ok(Number(named[1]) >= seen, `names the newest checkpoint (step ${named[1]}; ${seen} was recorded before the kill)`);
+      assert.equal(named[2], path.join(state, 'artifacts', 'jobs', h.workflowId, 'checkpoints', `step-${named[1]}.ckpt.json`));
+      assert.match(cause.message, /set storage.kind: s3/);
+      assert.match(cause.message, /onLostCheckpoints: restart/);
+      assert.equal(failed.length, 1, 'failed once, not retried in a loop');
+      const st1 = await runKiln(env, ['status', h.workflowId]);
+      assert.match(st1.stdout, /failure: +.*every recorded checkpoint .* is unreachable from this host/);
+      await stopHosts();
+
+      const a2 = await startHost();
+      const h2 = await env.submit('spirals', { params: { epochs: 25, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 }, onLostCheckpoints: 'restart' });
+      const seen2 = await verifiedCheckpoints2(h2);
+      await startHost();
+      a2.kill('SIGKILL');
+      await a2.exited;
+      const s = (await h2.result()) as JobSummary;
+      assert.equal(s.outcome, 'completed');
+      assert.equal(s.training_metrics.steps, 250);
+      const lost = s.session_info.restarted_from_scratch!;
+      assert.ok(lost, 'the summary says it restarted from scratch');
+      assert.ok(lost.steps_lost >= seen2, `steps lost ${lost.steps_lost} ≥ the checkpoint step ${seen2}`);
+      assert.equal(s.session_info.resume, null, 'the final attempt started from step 0');
+      const st = await runKiln(env, ['status', h2.workflowId]);
+      assert.equal(st.code, 0, st.stderr);
+      assert.match(st.stdout, new RegExp(`lost work: {2}attempt 2 restarted from step 0, ${lost.steps_lost} steps lost: every recorded checkpoint of ${h2.workflowId} is unreachable`));
+      await stopHosts();
+    } finally {
+      env.writeConfig(configYaml(state, s3Yaml(`http://127.0.0.1:${proxy.port}`)));
+    }
+  });
+
+  /** local storage: the newest checkpoint step once one ≥ 20 is recorded. */
+  async function verifiedCheckpoints2(h: WorkflowHandle): Promise<number> {
+    const p = await waitFor(async () => {
+      const q = (await h.query(progressQuery)) as JobProgress;
+      return q.lastCheckpoint && q.lastCheckpoint.step >= 20 ? q : null;
+    }, 60_000, 'a checkpoint at step >= 20');
+    return p.lastCheckpoint!.step;
+  }
+});
