@@ -18,6 +18,9 @@ import { StorageSchema } from '../src/config/schema';
 import { S3Store, verifyCheckpoint } from '../src/storage';
 import type { S3StorageConfig } from '../src/storage';
 import { isAlive } from '../src/supervisor/proc';
+import { WorkDirLease } from '../src/supervisor/workdir';
+import { StoreFence } from '../activities/train/fence';
+import { createLogger } from '../src/logger';
 import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
 import { defaultConfigYaml, EXAMPLE_TRAINER, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
 import { motoCommand, startMoto, type MotoServer } from './helpers/moto';
@@ -269,6 +272,33 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
       await stopHosts();
     } finally {
       env.writeConfig(configYaml(state, s3Yaml(`http://127.0.0.1:${proxy.port}`)));
+    }
+  });
+
+  test('the lease object fences across hosts: of two attempts racing, exactly one owns the job; a newer one supersedes it; an older one starts nothing', async () => {
+    const cfg = StorageSchema.parse({ kind: 's3', bucket: BUCKET, prefix: 'fence', endpoint: moto.endpoint, forcePathStyle: true, accessKeyId: 'testing', secretAccessKey: 'testing' }) as S3StorageConfig;
+    const store = new S3Store(cfg);
+    const log = createLogger({ name: 'fence-test', level: 'error', pretty: false });
+    try {
+      const claim = (generation: number, holder: string) => ({ generation, attempt: 1, workerId: `host-${holder}`, holder });
+      const race = await Promise.all(['x', 'y', 'z'].map((h) => StoreFence.take(store, 'job-race', claim(100, h), log)));
+      const owners = race.filter((r) => 'fence' in r);
+      assert.equal(owners.length, 1, `exactly one of three racing attempts owns the lease: ${JSON.stringify(race.map((r) => ('fence' in r ? 'owner' : r.owner.holder)))}`);
+      const winner = (owners[0] as { fence: StoreFence }).fence;
+      for (const r of race) if ('owner' in r) assert.equal(r.owner.holder, winner.lease.record.holder);
+      // The winner's work dir lease (on its own host) follows the lease object.
+      const dir = fs.mkdtempSync(path.join(env.home, 'wd-'));
+      const local = WorkDirLease.take(dir, { gen: 100, attempt: 1, workerId: 'host-winner' });
+      local.remote = () => winner.superseded;
+      assert.equal(local.superseded(), false);
+      const newer = await StoreFence.take(store, 'job-race', claim(200, 'n'), log);
+      assert.ok('fence' in newer, 'a newer generation takes the lease over');
+      assert.equal(await winner.poll(), true);
+      assert.equal(local.superseded(), true, 'the older attempt on the other host counts as superseded');
+      const older = await StoreFence.take(store, 'job-race', claim(150, 'o'), log);
+      assert.ok('owner' in older && older.owner.holder === 'n', 'an older attempt does not take the lease back');
+    } finally {
+      store.close();
     }
   });
 

@@ -15,6 +15,7 @@ import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervis
 import { selectKept } from '../../src/supervisor/retention';
 import { artifactDir, checkpointDir, chooseResumePoint, dropJournals, generationOf, insideDir, journalDir, journalFile, readManifest, WorkDirLease, writeManifest, type ResumePoint } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
+import { StoreFence } from './fence';
 import { jobIoFailure } from './ioError';
 import { waitingHeartbeat } from './progress';
 import { lostCheckpoints, recordedCheckpoints, resumeFromStore } from './resume';
@@ -55,6 +56,8 @@ export interface TrainAttempt {
   resumedFrom: CheckpointRef | null;
   /** Announced checkpoints that still exist, oldest first. */
   checkpoints: CheckpointRef[];
+  /** The lease object in shared storage (storage.kind: s3); stop() it when the attempt ends. */
+  fence: StoreFence | null;
   /** Every recorded checkpoint was unreachable and this attempt starts from step 0 (onLostCheckpoints: restart). */
   restartedFromScratch: ProgressReport['restartedFromScratch'];
 }
@@ -98,6 +101,7 @@ async function takeOver(deps: GpuDeps, ctx: Context, input: TrainInput): Promise
     throw ApplicationFailure.retryable(`attempt ${attempt} of ${jobId} is stale: attempt ${prior.attempt} on ${prior.workerId} already owns the job`, ErrorType.AttemptSuperseded);
   }
   const lease = WorkDirLease.take(workDir, { gen, attempt, workerId });
+  const fence = await takeStoreFence(deps, { jobId, gen, attempt, lease, log });
 
   // One live trainer per job: a trainer of an earlier attempt still running on this host dies first
   // (SIGTERM, SIGKILL after the grace period), before this attempt reads the manifest.
@@ -127,7 +131,21 @@ async function takeOver(deps: GpuDeps, ctx: Context, input: TrainInput): Promise
   dropJournals(workDir, gen);
   const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
   const journal = journalFile(workDir, gen, attempt);
-  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints, restartedFromScratch };
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints, restartedFromScratch, fence };
+}
+
+/** With shared storage, the lease object fences attempts on hosts that share no disk. */
+async function takeStoreFence(deps: GpuDeps, o: { jobId: string; gen: number; attempt: number; lease: WorkDirLease; log: Logger }): Promise<StoreFence | null> {
+  if (!deps.store) return null;
+  const r = await StoreFence.take(deps.store, o.jobId, { generation: o.gen, attempt: o.attempt, workerId: deps.workerId, holder: o.lease.token }, o.log).catch((err: unknown) => {
+    throw ApplicationFailure.retryable(`cannot take the job's lease in ${deps.store!.uri}: ${err instanceof Error ? err.message : String(err)}`, ErrorType.StorageUnavailable);
+  });
+  if ('owner' in r) {
+    o.log.warn({ owner: r.owner.workerId, ownerAttempt: r.owner.attempt }, 'a newer attempt holds the job’s lease in storage; not starting a trainer');
+    throw ApplicationFailure.retryable(`attempt ${o.attempt} of ${o.jobId} is stale: attempt ${r.owner.attempt} on ${r.owner.workerId} already owns the job`, ErrorType.AttemptSuperseded);
+  }
+  o.lease.remote = () => r.fence.superseded;
+  return r.fence.watch();
 }
 
 /**

@@ -14,7 +14,7 @@ import { Context } from '@temporalio/activity';
 import type { TrainResult } from '../../src/shared/summary';
 import { pinnedBy } from '../../src/registry/pinned';
 import type { GpuDeps } from '../deps';
-import { beginAttempt, leaseGpus, type TrainInput } from './attempt';
+import { beginAttempt, leaseGpus, type TrainAttempt, type TrainInput } from './attempt';
 import { ProgressChannel, TrainProgress } from './progress';
 import { superviseTrainer } from './supervise';
 import { CheckpointUploader } from './upload';
@@ -28,24 +28,33 @@ export function createTrain(workerDeps: GpuDeps) {
     const pinned = input.prepared.pinned ?? [];
     const deps: GpuDeps = { ...workerDeps, isPinned: (p) => pinnedBy(pinned, p) || workerDeps.isPinned(p) };
     const a = await beginAttempt(deps, ctx, input);
-    const { gpuIds, leaseOwner } = await leaseGpus(deps, ctx, a);
-    deps.metrics.jobStarted(a.p.spec.pool);
-    // Built after the GPU wait: the stall clock starts when the trainer can run.
-    const progress = new TrainProgress(a.attempt, a.workerId, a.resumedFrom, a.checkpoints, gpuIds);
-    progress.restartedFromScratch = a.restartedFromScratch;
-    const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log, input.reportToken);
-    const errors: { onError: (err: unknown) => void } = { onError: () => undefined };
-    const uploader = deps.store
-      ? new CheckpointUploader(deps.store, {
-          jobId: a.jobId,
-          workDir: a.workDir,
-          log: a.log,
-          concurrency: deps.config.storage.kind === 's3' ? deps.config.storage.concurrency : 4,
-          stillOwner: () => !a.lease.superseded(),
-          onError: (err) => errors.onError(err),
-        })
-      : null;
-    if (uploader) progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
-    return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel, uploader, errors });
+    try {
+      return await runAttempt(deps, ctx, a);
+    } finally {
+      a.fence?.stop();
+    }
   };
+}
+
+async function runAttempt(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise<TrainResult> {
+  const input = a.input;
+  const { gpuIds, leaseOwner } = await leaseGpus(deps, ctx, a);
+  deps.metrics.jobStarted(a.p.spec.pool);
+  // Built after the GPU wait: the stall clock starts when the trainer can run.
+  const progress = new TrainProgress(a.attempt, a.workerId, a.resumedFrom, a.checkpoints, gpuIds);
+  progress.restartedFromScratch = a.restartedFromScratch;
+  const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log, input.reportToken);
+  const errors: { onError: (err: unknown) => void } = { onError: () => undefined };
+  const uploader = deps.store
+    ? new CheckpointUploader(deps.store, {
+        jobId: a.jobId,
+        workDir: a.workDir,
+        log: a.log,
+        concurrency: deps.config.storage.kind === 's3' ? deps.config.storage.concurrency : 4,
+        stillOwner: () => !a.lease.superseded(),
+        onError: (err) => errors.onError(err),
+      })
+    : null;
+  if (uploader) progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
+  return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel, uploader, errors });
 }

@@ -150,8 +150,12 @@ export class WorkDirLease {
     return this.record.token;
   }
 
-  /** True once a newer attempt took the work dir over. */
+  /** A second fence, for hosts that share no disk (the lease object in storage): true once a newer attempt holds it. */
+  remote: (() => boolean) | null = null;
+
+  /** True once a newer attempt took the work dir over (here, or on any host through `remote`). */
   superseded(): boolean {
+    if (this.remote?.()) return true;
     const l = readLease(this.workDir);
     if (!l || l.token === this.record.token) return false;
     if (l.gen >= this.record.gen) return true;
