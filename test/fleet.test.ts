@@ -15,7 +15,7 @@ import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { progressQuery } from '../src/shared/messages';
 import type { JobProgress, JobSummary } from '../src/shared/summary';
 import { StorageSchema } from '../src/config/schema';
-import { S3Store, verifyCheckpoint } from '../src/storage';
+import { completedCheckpoints, S3Store, verifyCheckpoint } from '../src/storage';
 import type { S3StorageConfig } from '../src/storage';
 import { isAlive } from '../src/supervisor/proc';
 import { WorkDirLease } from '../src/supervisor/workdir';
@@ -162,9 +162,21 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
       return p.lastCheckpoint?.uri && p.checkpoints >= n && p.lastCheckpoint.step >= minStep ? p : null;
     }, 60_000, `${n} verified checkpoints`);
 
-  test('s3: SIGKILL of the owning host after two verified checkpoints → the other host resumes from the last one and completes', async () => {
+  test('s3: SIGKILL of the owning host after two verified checkpoints → the other host resumes from the last one and completes; stored checkpoints stay within retention', async () => {
     const a = await startHost();
     const h = await env.submit('spirals', { params: { epochs: 25, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
+    // Retention (keepLatest 2 + keepBest 1) holds for the stored checkpoints at every observation.
+    const store = new S3Store(StorageSchema.parse({ kind: 's3', bucket: BUCKET, prefix: 'fleet', endpoint: moto.endpoint, forcePathStyle: true, accessKeyId: 'testing', secretAccessKey: 'testing' }) as S3StorageConfig);
+    let maxStored = 0;
+    let observations = 0;
+    let observing = true;
+    const observer = (async () => {
+      while (observing) {
+        maxStored = Math.max(maxStored, (await completedCheckpoints(store, `jobs/${h.workflowId}/checkpoints`)).length);
+        observations += 1;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
     const seen = await verifiedCheckpoints(h, 2, 20);
     assert.match(seen.lastCheckpoint!.uri!, new RegExp(`^s3://${BUCKET}/fleet/jobs/${h.workflowId}/checkpoints/`));
     const b = await startHost();
@@ -179,9 +191,12 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
     assert.equal(resume.first_step, resume.from_step + 1, 'first step = checkpoint step + 1');
     assert.ok(s.session_info.workers.some((w) => w.includes(`:${b.pid}:`)), `host B finished it: ${s.session_info.workers.join(', ')}`);
     assert.equal(s.session_info.restarted_from_scratch, undefined);
+    observing = false;
+    await observer;
+    assert.ok(observations > 20, `observed ${observations} times`);
+    assert.ok(maxStored <= 3, `at most ${maxStored} completed checkpoints stored at once; retention allows 3`);
+    assert.equal((await completedCheckpoints(store, `jobs/${h.workflowId}/checkpoints`)).length, s.artifacts.checkpoints.length, 'what is stored is what the job kept');
     // What it resumed from was a verified checkpoint in storage, not a file on host A's disk.
-    const cfg = StorageSchema.parse({ kind: 's3', bucket: BUCKET, prefix: 'fleet', endpoint: moto.endpoint, forcePathStyle: true, accessKeyId: 'testing', secretAccessKey: 'testing' }) as S3StorageConfig;
-    const store = new S3Store(cfg);
     try {
       for (const c of s.artifacts.checkpoints) {
         assert.ok(c.uri, `checkpoint ${c.step} has a storage URI`);
@@ -273,6 +288,33 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
     } finally {
       env.writeConfig(configYaml(state, s3Yaml(`http://127.0.0.1:${proxy.port}`)));
     }
+  });
+
+  test('bad storage: a GPU worker refuses to start, naming the store and the fix (missing bucket, unreachable endpoint); no secret in its log', async () => {
+    const bad = (name: string, storage: string) => {
+      const f = path.join(env.home, `${name}.yaml`);
+      fs.writeFileSync(f, configYaml(state, storage));
+      return f;
+    };
+    const secret = 'SeCrEt-fleet-never-printed-42';
+    const startWith = async (config: string) =>
+      env.startGpuWorker({ slots: 1, env: { KILN_HOME: state, KILN_CONFIG: config, AWS_ACCESS_KEY_ID: 'testing', AWS_SECRET_ACCESS_KEY: secret } }).then(
+        () => assert.fail('the worker started'),
+        (e: unknown) => String(e),
+      );
+    const missing = await startWith(bad('nobucket', s3Yaml(moto.endpoint).replace(BUCKET, 'no-such-bucket')));
+    assert.match(missing, /storage s3:\/\/no-such-bucket\/fleet .*cannot be used by this GPU worker/);
+    assert.match(missing, /bucket/i);
+    assert.ok(!missing.includes(secret), 'the secret is not in the log');
+    const dead = net.createServer();
+    await new Promise<void>((r) => dead.listen(0, '127.0.0.1', () => r()));
+    const port = (dead.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => dead.close(() => r()));
+    const unreachable = await startWith(bad('noendpoint', s3Yaml(`http://127.0.0.1:${port}`)));
+    assert.match(unreachable, /storage s3:\/\/kiln-fleet\/fleet .*cannot be used by this GPU worker/);
+    assert.ok(!unreachable.includes(secret), 'the secret is not in the log');
+    console.log(`  missing bucket: ${missing.split('\n').find((l) => l.includes('cannot be used'))?.slice(0, 400)}`);
+    console.log(`  unreachable: ${unreachable.split('\n').find((l) => l.includes('cannot be used'))?.slice(0, 400)}`);
   });
 
   test('the lease object fences across hosts: of two attempts racing, exactly one owns the job; a newer one supersedes it; an older one starts nothing', async () => {

@@ -16,7 +16,14 @@ async function runWorker(kind: 'control' | 'gpu', config: KilnConfig, log: Logge
   const { createControlWorker } = await import('./control');
   const { createGpuWorker } = await import('./gpu');
   installRuntime(log, process.env.KILN_METRICS_PORT !== undefined ? Number(process.env.KILN_METRICS_PORT) : metricsPort);
-  const w = kind === 'control' ? await createControlWorker({ config, log }) : await createGpuWorker({ config, log, pool, slots, withMetrics: true });
+  let w: Awaited<ReturnType<typeof createControlWorker>>;
+  try {
+    w = kind === 'control' ? await createControlWorker({ config, log }) : await createGpuWorker({ config, log, pool, slots, withMetrics: true });
+  } catch (err) {
+    // The installed runtime would keep a worker that cannot start alive: say why and leave.
+    process.stderr.write(`kiln: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  }
   log.info({ taskQueue: w.worker.options.taskQueue, identity: w.worker.options.identity }, 'worker started');
   try {
     // The SDK handles SIGINT/SIGTERM: it stops polling, cancels running activities with

@@ -59,14 +59,7 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
     if (channel.msSinceSignal() > 1000) void channel.signal();
     return { keep, drop };
   };
-  if (uploader) {
-    uploader.onVerified = async (ref) => {
-      if (a.lease.superseded()) return;
-      const { keep, drop } = verified(ref);
-      await uploader.writeManifest(keep).catch((err: unknown) => log.warn({ err: String(err) }, 'cannot write the job manifest to storage'));
-      await uploader.deleteStored(drop);
-    };
-  }
+  if (uploader) wireUploader(uploader, a, progress, isPinned, verified);
 
   return (e: TrainerEvent) => {
     switch (e.type) {
@@ -90,5 +83,37 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
         break;
       }
     }
+  };
+}
+
+/** With shared storage: retention before each upload, and what a stored (verified) checkpoint changes. */
+function wireUploader(
+  uploader: CheckpointUploader,
+  a: TrainAttempt,
+  progress: TrainProgress,
+  isPinned: (cp: string) => boolean,
+  verified: (ref: CheckpointRef) => { keep: CheckpointRef[]; drop: CheckpointRef[] },
+): void {
+  const { log, workDir } = a;
+  // Retention in storage holds at every moment: what the new checkpoint will push out goes before
+  // its upload, except the newest verified one (the resume point until the new one is stored).
+  uploader.beforeUpload = async (ref) => {
+    if (a.lease.superseded()) return;
+    const newest = progress.checkpoints[progress.checkpoints.length - 1];
+    const all = [...progress.checkpoints.filter((c) => c.path !== ref.path), ref].sort((x, y) => x.step - y.step);
+    const early = selectKept(all, a.p.retention, isPinned).drop.filter((d) => d !== ref && d.path !== newest?.path);
+    if (!early.length) return;
+    const keep = progress.checkpoints.filter((c) => !early.includes(c));
+    progress.setCheckpoints(keep);
+    writeManifest(workDir, keep);
+    await uploader.writeManifest(keep).catch((err: unknown) => log.warn({ err: String(err) }, 'cannot write the job manifest to storage'));
+    for (const d of early) fs.rmSync(d.path, { recursive: true, force: true });
+    await uploader.deleteStored(early);
+  };
+  uploader.onVerified = async (ref) => {
+    if (a.lease.superseded()) return;
+    const { keep, drop } = verified(ref);
+    await uploader.writeManifest(keep).catch((err: unknown) => log.warn({ err: String(err) }, 'cannot write the job manifest to storage'));
+    await uploader.deleteStored(drop);
   };
 }

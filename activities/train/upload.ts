@@ -77,6 +77,8 @@ export class CheckpointUploader {
 
   /** Called with each verified checkpoint (its `uri` set); set by the event handler. */
   onVerified: (ref: CheckpointRef) => Promise<void> = async () => {};
+  /** Called before a checkpoint's upload starts: retires what it will push out of retention. */
+  beforeUpload: (ref: CheckpointRef) => Promise<void> = async () => {};
 
   enqueue(ref: CheckpointRef): void {
     this.queue.push(ref);
@@ -101,6 +103,12 @@ export class CheckpointUploader {
   private async uploadOne(ref: CheckpointRef): Promise<void> {
     const { log, jobId, workDir } = this.o;
     const prefix = checkpointPrefix(jobId, workDir, ref.path);
+    try {
+      await this.beforeUpload(ref);
+    } catch (err) {
+      this.o.onError(err);
+      return;
+    }
     let uri: string | null = null;
     for (let n = 1; n <= TRIES && uri === null; n++) {
       if (!this.o.stillOwner()) return;
