@@ -103,6 +103,8 @@ export class CheckpointUploader {
   private async uploadOne(ref: CheckpointRef): Promise<void> {
     const { log, jobId, workDir } = this.o;
     const prefix = checkpointPrefix(jobId, workDir, ref.path);
+    // In progress from here (retiring what it pushes out of retention is its first part).
+    this.state = { step: ref.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length };
     try {
       await this.beforeUpload(ref);
     } catch (err) {
