@@ -99,7 +99,7 @@ export class TrainProgress {
   heartbeat(): TrainHeartbeat {
     const sps = this.stepsPerSec();
     const eta = sps && this.totalSteps ? Math.max(0, ((this.totalSteps - this.step) / sps) * 1000) : null;
-    const line = `attempt ${this.attempt} on ${this.workerId}: ${progressLine({ ...this, metrics: this.metrics, etaMs: eta }, formatDuration)}`;
+    const line = `attempt ${this.attempt} on ${this.workerId}: ${progressLine({ ...this, metrics: this.metrics, etaMs: eta, upload: this.uploadState() }, formatDuration)}`;
     return {
       line,
       attempt: this.attempt,
