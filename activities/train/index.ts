@@ -11,10 +11,12 @@
  * - keeps the latest N + best K + pinned checkpoints (events.ts).
  */
 import { Context } from '@temporalio/activity';
+import { configDrift } from '../../src/config/spec';
 import type { TrainResult } from '../../src/shared/summary';
 import { pinnedBy } from '../../src/registry/pinned';
 import type { GpuDeps } from '../deps';
 import { beginAttempt, leaseGpus, type TrainInput } from './attempt';
+import { releaseResumePin } from './events';
 import { ProgressChannel, TrainProgress } from './progress';
 import { superviseTrainer } from './supervise';
 
@@ -26,12 +28,14 @@ export function createTrain(workerDeps: GpuDeps) {
     // What the registry pins in this job's folder comes with the job: a GPU worker opens no database.
     const pinned = input.prepared.pinned ?? [];
     const deps: GpuDeps = { ...workerDeps, isPinned: (p) => pinnedBy(pinned, p) || workerDeps.isPinned(p) };
+    const drift = configDrift(deps.config, input.prepared.spec, input.prepared.jobId, deps.workerId);
+    if (drift) throw drift;
     const a = await beginAttempt(deps, ctx.info, input);
     const { gpuIds, leaseOwner } = await leaseGpus(deps, ctx, a);
     deps.metrics.jobStarted(a.p.spec.pool);
     // Built after the GPU wait: the stall clock starts when the trainer can run.
     const progress = new TrainProgress(a.attempt, a.workerId, a.resumedFrom, a.checkpoints, gpuIds);
     const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log, input.reportToken);
-    return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel });
+    return releaseResumePin(deps, a, await superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel }));
   };
 }
