@@ -13,9 +13,12 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import type { JobSummary } from '../src/shared/summary';
+import { parseConfigText } from '../src/config/load';
+import { watchConfig } from '../src/dev/configWatch';
 import { commandProblem } from '../src/supervisor/commandCheck';
+import { sdkLevel } from '../workers/runtime';
 import { PROMOTED_SPIRALS_MODEL } from './helpers/fixtures';
-import { defaultConfigYaml, KILN_BIN, REPO, startKilnEnv, type KilnTestEnv } from './helpers/kiln';
+import { defaultConfigYaml, KILN_BIN, REPO, startKilnEnv, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 interface Run {
   code: number | null;
@@ -116,6 +119,12 @@ describe('trainer gone after the worker started; config drift', () => {
     await env?.cleanup();
   });
 
+  test('a GPU worker at info level logs Kiln\'s lines, not the SDK\'s chatter', () => {
+    const text = fs.readFileSync(path.join(env.home, 'worker-gpu-0.log'), 'utf8');
+    assert.match(text, /"msg":"worker started"/);
+    assert.doesNotMatch(text, /No workflows registered|Worker state changed/);
+  });
+
   test('spawn ENOENT fails the job once, non-retryably, as TrainerNotFound', async () => {
     fs.rmSync(script);
     const h = await env.submit('broken');
@@ -165,3 +174,37 @@ describe('trainer gone after the worker started; config drift', () => {
     assert.match(human.stdout, /fix: restart those workers/);
   });
 });
+
+describe('kiln dev notices a changed temporal.yaml; SDK chatter is debug', () => {
+  test('watchConfig: an edit is reported with both hashes and how to apply it; an undo is reported too', async () => {
+    const dir = tmp();
+    const file = path.join(dir, 'temporal.yaml');
+    const yaml = defaultConfigYaml();
+    fs.writeFileSync(file, yaml);
+    const config = parseConfigText(yaml, file, { KILN_HOME: dir });
+    const said: Array<{ level: string; msg: string }> = [];
+    const log = { warn: (_o: object, msg: string) => said.push({ level: 'warn', msg }), info: (_o: object, msg: string) => said.push({ level: 'info', msg }) };
+    const stop = watchConfig(config, log as never, 50);
+    try {
+      // fs.watchFile takes its baseline stat asynchronously: an edit before it would be the baseline.
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(said.length, 0, 'nothing to say while the file is as loaded');
+      fs.writeFileSync(file, yaml.replace('progressInterval: 1s', 'progressInterval: 3s'));
+      const changed = await waitFor(() => said.find((m) => m.level === 'warn'), 10_000, 'the change reported');
+      assert.match(changed.msg, new RegExp(`changed \\(config ${config.hash} → [0-9a-f]{12}\\): the workers still run ${config.hash} and refuse jobs .*WorkerConfigMismatch.*stop kiln dev \\(Ctrl-C\\) and start it again`));
+      fs.writeFileSync(file, `${yaml}# a comment changes nothing\n`);
+      const back = await waitFor(() => said.find((m) => m.level === 'info'), 10_000, 'the undo reported');
+      assert.match(back.msg, new RegExp(`is back to config ${config.hash}, the one the workers run`));
+    } finally {
+      stop();
+    }
+  });
+
+  test('SDK chatter goes to debug; SDK warnings and errors stay', () => {
+    assert.equal(sdkLevel('WARN', 'No workflows registered, not polling for workflow tasks'), 'debug');
+    assert.equal(sdkLevel('INFO', 'Worker state changed'), 'debug');
+    assert.equal(sdkLevel('WARN', 'Activity failed'), 'warn');
+    assert.equal(sdkLevel('ERROR', 'Worker failed'), 'error');
+  });
+});
+

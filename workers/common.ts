@@ -50,5 +50,9 @@ export async function workerBase(config: KilnConfig, log: Logger, role: string):
     registry: () => (opened = registry()),
     trainerArgv: (cmd) => resolveCommand(config, cmd),
   };
+  const closeRegistry = async () => {
+    const reg = await opened?.catch(() => undefined);
+    await reg?.close();
+  };
   return { identity: workerIdentity(config, deps.workerId), config, log, connection, deps, closeRegistry };
 }

@@ -10,7 +10,7 @@ import type { Logger } from '../src/logger';
  * activities, and the worker's state changes (Kiln logs its own `worker started`/`worker stopped`).
  * They go to debug level (KILN_LOG_LEVEL=debug shows them).
  */
-const SDK_CHATTER = [/^No workflows registered, not polling for workflow tasks/, /^Worker state changed/, /^Initializing worker/, /^Workflow bundle created/, /^Creating worker/];
+const SDK_CHATTER = [/^No workflows registered, not polling for workflow tasks/, /^No activities registered/, /^No Nexus services registered/, /^Worker state changed/, /^Initializing worker/, /^Workflow bundle created/, /^Creating worker/];
 
 /** The level an SDK message is logged at: SDK info and known chatter at debug, real warnings and errors as they are. */
 export function sdkLevel(level: LogLevel, message: string): 'trace' | 'debug' | 'info' | 'warn' | 'error' {
