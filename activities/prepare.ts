@@ -6,7 +6,7 @@
  * does; a plain submit does not).
  */
 import * as fs from 'node:fs';
-import { prepareSpec } from '../src/config/spec';
+import { configDrift, prepareSpec } from '../src/config/spec';
 import { pinnedUnder } from '../src/registry/pinned';
 import type { JobSpec, PreparedJob } from '../src/shared/spec';
 import { checkpointDir, jobFile } from '../src/supervisor/workdir';
@@ -15,6 +15,9 @@ import type { CommonDeps } from './deps';
 
 export function createPrepareJob(deps: CommonDeps) {
   return async function prepareJob(spec: JobSpec, jobId: string): Promise<PreparedJob> {
+    // Drift first: against another config, every other verdict would be about the wrong file.
+    const drift = configDrift(deps.config, spec, jobId, deps.workerId);
+    if (drift) throw drift;
     // Spec problems first: they need no I/O, and a bad spec must not start a dataset resolver.
     prepareSpec(deps.config, spec, jobId, spec.datasetFingerprint ?? '');
     let fingerprint = spec.datasetFingerprint;

@@ -44,7 +44,8 @@ if (files.length) {
 }
 /** Runs pytest with `python` and adds its counts. */
 async function pytest(python, args) {
-  const py = await run(python, ['-m', 'pytest', '-q', ...args]);
+  // -B and no cacheprovider: pytest writes no __pycache__/ or .pytest_cache/ into python/.
+  const py = await run(python, ['-B', '-m', 'pytest', '-q', '-p', 'no:cacheprovider', ...args]);
   const count = (re) => Number(py.out.match(re)?.[1] ?? 0);
   passed += count(/(\d+) passed/);
   const pyFailed = count(/(\d+) failed/) + count(/(\d+) errors?/);
@@ -55,7 +56,7 @@ if (only.length === 0 || only.includes('python')) await pytest('python3', ['pyth
 // installs from python/requirements-frameworks.txt, when it is there (under system python they skip).
 const venvPython = path.join(process.env.KILN_FRAMEWORKS_VENV ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'kiln', 'frameworks-venv'), 'bin', 'python');
 if (only.length === 0 || only.includes('python') || only.includes('frameworks')) {
-  if (fs.existsSync(venvPython)) await pytest(venvPython, ['-p', 'no:cacheprovider', 'python/tests/frameworks']);
+  if (fs.existsSync(venvPython)) await pytest(venvPython, ['python/tests/frameworks']);
   else console.log(`frameworks: no venv at ${venvPython} (bash .ci/run installs it): real-library tests not run`);
 }
 console.log(`\nsuite took ${((Date.now() - t0) / 1000).toFixed(0)} s`);

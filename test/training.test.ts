@@ -114,8 +114,8 @@ describe('TrainingJob', () => {
     assert.ok(s.artifacts.last_checkpoint);
   });
 
-  test('pause then resume continues from the pause checkpoint, not step 0', async () => {
-    const h = await env.submit('spirals', { params: { epochs: 10, steps_per_epoch: 20, step_delay_ms: 40, checkpoint_every: 5 } });
+  test('pause then resume continues from the pause checkpoint, not step 0; at the end it is no longer pinned', async () => {
+    const h = await env.submit('spirals', { params: { epochs: 10, steps_per_epoch: 20, step_delay_ms: 40, checkpoint_every: 5 }, retention: { keepLatest: 2, keepBest: 1 } });
     await waitFor(async () => (await h.query(progressQuery)).step >= 12, 20_000, 'step 12');
     await run(temporalBinary(), ['workflow', 'signal', '--address', env.address, '--workflow-id', h.workflowId, '--name', 'pause']);
     const paused = await waitFor(async () => {
@@ -133,6 +133,14 @@ describe('TrainingJob', () => {
     assert.equal(s.training_metrics.steps, 200);
     assert.deepEqual(s.session_info.resume, { from_step: pauseStep, first_step: pauseStep + 1 });
     assert.match(readTrainerLog(env, h.workflowId), new RegExp(`resuming from step ${pauseStep}`));
+    // Retention after the job: latest 2 + best 1 (by loss) + registered, the pause checkpoint no longer pinned.
+    const manifest = JSON.parse(fs.readFileSync(path.join(jobDir(env, h.workflowId), 'checkpoints.json'), 'utf8')) as { checkpoints: Array<{ step: number; metrics: { loss?: number } }> };
+    const kept = manifest.checkpoints.map((c) => c.step).sort((x, y) => x - y);
+    assert.ok(kept.length <= 3, `kept ${kept.join(', ')} (at most 2 latest + 1 best)`);
+    assert.equal(checkpointFiles(env, h.workflowId).length, kept.length, 'on disk = the manifest');
+    assert.ok(kept.includes(200) && kept.includes(195), `the 2 latest kept: ${kept.join(', ')}`);
+    const best = manifest.checkpoints.reduce((b, c) => ((c.metrics.loss ?? Infinity) < (b.metrics.loss ?? Infinity) ? c : b));
+    if (pauseStep !== best.step) assert.ok(!kept.includes(pauseStep), `the pause checkpoint (step ${pauseStep}) was dropped: ${kept.join(', ')}`);
   });
 
   test('a trainer that hangs is killed as TrainerStalled and the retry completes', async () => {

@@ -14,7 +14,9 @@ async function runWorker(kind: 'control' | 'gpu', config: KilnConfig, log: Logge
   const metricsPort = kind === 'control' ? config.workers.control.metricsPort : config.workers.pools[pool]?.metricsPort;
   const { installRuntime } = await import('./runtime');
   const { createControlWorker } = await import('./control');
-  const { createGpuWorker } = await import('./gpu');
+  const { createGpuWorker, refuseBrokenCommands } = await import('./gpu');
+  // Before the runtime exists: once installed, its native threads would keep a refusing process alive.
+  if (kind === 'gpu') refuseBrokenCommands(config, pool, log);
   installRuntime(log, process.env.KILN_METRICS_PORT !== undefined ? Number(process.env.KILN_METRICS_PORT) : metricsPort);
   let w: Awaited<ReturnType<typeof createControlWorker>>;
   try {

@@ -21,7 +21,14 @@ export function workflowSource(): { workflowBundle: { codePath: string } } | { w
   return { workflowsPath: entry };
 }
 
+/** A poller identity carrying the hash of the config the worker loaded (src/cli/doctorDrift.ts reads it back). */
+export function workerIdentity(config: KilnConfig, workerId: string): string {
+  return `cfg-${config.hash}/${workerId}`;
+}
+
 export interface WorkerBase {
+  /** The worker's identity on the server: `cfg-<config hash>/<workerId>`, so kiln doctor sees which config it runs. */
+  identity: string;
   config: KilnConfig;
   log: Logger;
   connection: NativeConnection;
@@ -47,5 +54,5 @@ export async function workerBase(config: KilnConfig, log: Logger, role: string):
     const reg = await opened?.catch(() => undefined);
     await reg?.close();
   };
-  return { config, log, connection, deps, closeRegistry };
+  return { identity: workerIdentity(config, deps.workerId), config, log, connection, deps, closeRegistry };
 }

@@ -35,7 +35,7 @@ export async function createControlWorker(o: ControlWorkerOptions): Promise<{ wo
     connection: base.connection,
     namespace: o.config.server.namespace,
     taskQueue: o.taskQueue ?? TASK_QUEUE_CONTROL,
-    identity: base.deps.workerId,
+    identity: base.identity,
     ...workflowSource(),
     activities: createControlActivities(base.deps, o.hooks),
     maxConcurrentActivityTaskExecutions: 20,

@@ -10,6 +10,7 @@ import { createGpuActivities, noMetrics, type GpuDeps } from '../activities';
 import { ErrorType } from '../src/shared/errors';
 import { gpuTaskQueue } from '../src/shared/messages';
 import type { KilnConfig } from '../src/config/load';
+import { commandProblems, describeCommandProblem } from '../src/config/preflight';
 import type { Logger } from '../src/logger';
 import { detectGpus, GpuLeases, sampleGpus } from '../src/supervisor/gpu';
 import { probeCgroups, sweepEmptyCgroups } from '../src/supervisor/cgroup';
@@ -76,7 +77,17 @@ export async function openCheckpointStore(config: KilnConfig, log: Logger): Prom
   }
 }
 
+/** A worker that cannot start a model's trainer would fail every job of it: it refuses to start instead. */
+export function refuseBrokenCommands(config: KilnConfig, pool: string, log: Logger): void {
+  const broken = commandProblems(config, { pool });
+  if (!broken.length) return;
+  const lines = broken.map(describeCommandProblem);
+  log.error({ pool, problems: lines }, 'refusing to start: trainer command(s) cannot start on this host');
+  throw new Error(`GPU worker for pool ${pool} refuses to start: ${broken.length} trainer command(s) in ${config.file} cannot start on this host:\n${lines.map((l) => `  - ${l}`).join('\n')}\nfix the command (or install what it needs), check with kiln config check, then start the worker again`);
+}
+
 export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Worker; close: () => Promise<void> }> {
+  refuseBrokenCommands(o.config, o.pool, o.log);
   const { devices, slots } = await resolveDevices(o.config, o.pool, o.slots);
   const store = await openCheckpointStore(o.config, o.log);
   const cg = probeCgroups();
@@ -105,7 +116,7 @@ export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Wo
     connection: base.connection,
     namespace: o.config.server.namespace,
     taskQueue: o.taskQueue ?? gpuTaskQueue(o.pool),
-    identity: base.deps.workerId,
+    identity: base.identity,
     activities: createGpuActivities(deps),
     maxConcurrentActivityTaskExecutions: slots,
     // Cancellation reaches an activity only in a heartbeat response: keep the throttle short.

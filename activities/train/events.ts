@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CheckpointRef } from '../../src/shared/progress';
+import type { TrainResult } from '../../src/shared/summary';
 import type { TrainerEvent } from '../../src/supervisor/protocol';
 import { selectKept } from '../../src/supervisor/retention';
 import { insideDir, writeManifest } from '../../src/supervisor/workdir';
@@ -117,3 +118,29 @@ function wireUploader(
     await uploader.deleteStored(drop);
   };
 }
+
+/**
+ * The attempt that finished the job lets go of the pause checkpoint it was pinning (it started from
+ * it): once training is done it is an ordinary checkpoint, so what stays is the latest N + best K +
+ * registered ones (the registry's pins) + the base checkpoint, as after a job never paused.
+ */
+export async function releaseResumePin(
+  deps: GpuDeps,
+  a: TrainAttempt,
+  result: TrainResult,
+  uploader: CheckpointUploader | null,
+): Promise<TrainResult> {
+  if (!a.input.resumeFrom || a.lease.superseded()) return result;
+  const isPinned = (cp: string): boolean => cp === a.p.spec.baseCheckpoint || deps.isPinned(cp);
+  const { keep, drop } = selectKept(result.checkpoints, a.p.retention, isPinned);
+  if (!drop.length) return result;
+  for (const d of drop) fs.rmSync(d.path, { recursive: true, force: true });
+  writeManifest(a.workDir, keep);
+  if (uploader) {
+    await uploader.writeManifest(keep).catch((err: unknown) => a.log.warn({ err: String(err) }, 'cannot write the job manifest to storage'));
+    await uploader.deleteStored(drop);
+  }
+  a.log.info({ dropped: drop.map((d) => d.step), kept: keep.map((k) => k.step) }, 'job trained: the pause checkpoint is no longer pinned');
+  return { ...result, checkpoints: keep };
+}
+

@@ -11,10 +11,12 @@
  * - keeps the latest N + best K + pinned checkpoints (events.ts).
  */
 import { Context } from '@temporalio/activity';
+import { configDrift } from '../../src/config/spec';
 import type { TrainResult } from '../../src/shared/summary';
 import { pinnedBy } from '../../src/registry/pinned';
 import type { GpuDeps } from '../deps';
 import { beginAttempt, leaseGpus, type TrainAttempt, type TrainInput } from './attempt';
+import { releaseResumePin } from './events';
 import { ProgressChannel, TrainProgress } from './progress';
 import { superviseTrainer } from './supervise';
 import { CheckpointUploader } from './upload';
@@ -27,6 +29,8 @@ export function createTrain(workerDeps: GpuDeps) {
     // What the registry pins in this job's folder comes with the job: a GPU worker opens no database.
     const pinned = input.prepared.pinned ?? [];
     const deps: GpuDeps = { ...workerDeps, isPinned: (p) => pinnedBy(pinned, p) || workerDeps.isPinned(p) };
+    const drift = configDrift(deps.config, input.prepared.spec, input.prepared.jobId, deps.workerId);
+    if (drift) throw drift;
     const a = await beginAttempt(deps, ctx, input);
     try {
       return await runAttempt(deps, ctx, a);
@@ -56,5 +60,6 @@ async function runAttempt(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise
       })
     : null;
   if (uploader) progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
-  return superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel, uploader, errors });
+  const result = await superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel, uploader, errors });
+  return releaseResumePin(deps, a, result, uploader);
 }

@@ -9,6 +9,7 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { ErrorType } from '../../src/shared/errors';
 import type { TrainResult } from '../../src/shared/summary';
 import { readPidfile } from '../../src/supervisor/pidfiles';
+import { CANNOT_START } from '../../src/supervisor/exitCodes';
 import { describeExit, ExitCode, logTail, trainerEnv } from '../../src/supervisor/protocol';
 import { startTrainer, type TrainerHandle } from '../../src/supervisor/trainer';
 import { attemptHeader, leaseFile, trainerLogFile } from '../../src/supervisor/workdir';
@@ -201,6 +202,10 @@ async function outcome(a: TrainAttempt, run: TrainRun, stop: TrainerStop, code: 
   }
   if (code === ExitCode.invalidInput) {
     throw ApplicationFailure.nonRetryable(`trainer rejected its params (exit 2):\n${tail}`, ErrorType.InvalidParams, { exitCode: code, logTail: tail });
+  }
+  const cannotStart = code === ExitCode.cannotStart ? tail.split('\n').find((l) => l.startsWith(`kiln shim: ${CANNOT_START}`)) : undefined;
+  if (cannotStart) {
+    throw ApplicationFailure.nonRetryable(`trainer not found: ${cannotStart.slice('kiln shim: '.length)} (trainers.${p.spec.trainer}.command; kiln config check names every broken command)`, ErrorType.TrainerNotFound, { exitCode: code, logTail: tail });
   }
   if (code !== ExitCode.ok) {
     throw ApplicationFailure.retryable(`trainer ${describeExit(code)} at step ${progress.step}:\n${tail}`, ErrorType.TrainerFailed, { exitCode: code, step: progress.step, logTail: tail });

@@ -15,6 +15,7 @@ import { detectGpus } from '../supervisor/gpu';
 import { connectClient, serverAddress } from '../temporal/connect';
 import { bool, parseArgs, str } from './args';
 import { checkRegistry, checkStorage } from './doctorBackends';
+import { checkConfigDrift, checkTrainerCommands } from './doctorDrift';
 import type { CliContext, Verb } from './verb';
 
 import type { Check, CheckStatus } from './doctorCheck';
@@ -252,6 +253,7 @@ export async function runDoctor(loadCfg: () => KilnConfig, o: { controlQueue?: s
   checks.push(...(await checkGpuSlots(config)));
   checks.push(await checkStorage(config));
   checks.push(await checkRegistry(config, { connectTimeoutMs: o.connectTimeoutMs ?? 5000 }));
+  checks.push(checkTrainerCommands(config));
 
   const address = serverAddress(config);
   let client: Client | undefined;
@@ -275,7 +277,10 @@ export async function runDoctor(loadCfg: () => KilnConfig, o: { controlQueue?: s
     try {
       const server = await checkServer(config, client);
       checks.push(...server);
-      if (server.some((c) => c.id === 'namespace' && c.status === 'ok')) checks.push(...(await checkPollers(config, client, o.controlQueue ?? TASK_QUEUE_CONTROL)));
+      if (server.some((c) => c.id === 'namespace' && c.status === 'ok')) {
+        checks.push(...(await checkPollers(config, client, o.controlQueue ?? TASK_QUEUE_CONTROL)));
+        checks.push(await checkConfigDrift(config, client, o.controlQueue ?? TASK_QUEUE_CONTROL));
+      }
     } finally {
       await client.connection.close();
     }
@@ -314,7 +319,9 @@ Checks, each with a fix hint when it fails:
   object storage (a probe object written, read back, conditional writes refused as they must be,
   deleted); the model registry (SQLite file or registry.url reachable, its schema version);
   server reachable; namespace exists; search attributes KilnModel/KilnPhase/KilnTrigger registered;
-  live pollers on ${TASK_QUEUE_CONTROL} (workflow + activity) and on kiln-gpu-<pool> for every pool.
+  live pollers on ${TASK_QUEUE_CONTROL} (workflow + activity) and on kiln-gpu-<pool> for every pool;
+  every trainer and evaluate command can start on this host (fails naming the model);
+  every live worker runs temporal.yaml as it is on disk (a warning lists the drifted ones).
 Exit code 0 when every check passes (warnings allowed), 1 when any fails.
 A worker is live when the server saw it poll within the last ${LIVE_MS / 1000} s, or one of its attempts
 heartbeated within that time (a GPU worker with every slot busy does not poll); the server keeps dead

@@ -7,6 +7,7 @@ import { registryWhere } from '../registry/open';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { resolveCommand, type KilnConfig } from '../config/load';
+import { commandProblems, describeCommandProblem } from '../config/preflight';
 import { UsageError } from '../shared/errors';
 import { resolveTemporalBinary } from '../temporal/binary';
 import { bool, parseArgs, str } from './args';
@@ -45,13 +46,17 @@ async function configVerb(ctx: CliContext): Promise<number> {
   const p = parseArgs(ctx.argv, { json: { type: 'bool' } }, 'config');
   if (p.positional[0] !== 'check') throw new UsageError('kiln config: the only sub-command is `kiln config check`');
   const c = ctx.config();
+  const broken = commandProblems(c).map(describeCommandProblem);
   const warnings = preflightWarnings(c);
   // Where the registry is, with any password in registry.url masked.
   const registry = registryWhere(c);
-  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok: true, file: c.file, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools), registry, warnings }));
-  else ctx.out(`${c.file}: OK — ${Object.keys(c.trainers).length} trainer(s), ${Object.keys(c.models).length} model(s) [${Object.keys(c.models).join(', ')}], pools [${Object.keys(c.workers.pools).join(', ')}], state in ${c.home}, registry ${registry}`);
+  const ok = broken.length === 0;
+  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok, file: c.file, hash: c.hash, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools), registry, problems: broken, warnings }));
+  else if (ok) ctx.out(`${c.file}: OK — ${Object.keys(c.trainers).length} trainer(s), ${Object.keys(c.models).length} model(s) [${Object.keys(c.models).join(', ')}], pools [${Object.keys(c.workers.pools).join(', ')}], state in ${c.home}, registry ${registry}`);
+  for (const b of broken) process.stderr.write(`kiln config check: ${b}\n`);
+  if (!ok) process.stderr.write(`${c.file}: ${broken.length} trainer command(s) cannot start on this host\n`);
   for (const w of warnings) process.stderr.write(`kiln config check: warning: ${w}\n`);
-  return 0;
+  return ok ? 0 : 1;
 }
 
 async function temporalBinVerb(ctx: CliContext): Promise<number> {
@@ -84,7 +89,12 @@ Examples:
     summary: 'validate temporal.yaml without starting anything',
     usage: `kiln config check [--json]
 
-Exits 1 listing every problem by path, e.g. models.resnet.retrain.schedule: "61 * * * *" is not a valid cron expression.`,
+Exits 1 listing every problem by path, e.g. models.resnet.retrain.schedule: "61 * * * *" is not a valid cron expression.
+Also checks that every trainer and evaluate command can start on this host (its executable is found
+as a path or on PATH and is executable, its script argument exists) and exits 1 naming the model and
+command that cannot. Relative paths resolve against the config file's folder, then Kiln's install
+folder (so the shipped ./examples/... work from a config anywhere). A trainer's check: argv that
+fails is a warning.`,
     run: configVerb,
   },
   'temporal-bin': {

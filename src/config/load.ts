@@ -2,6 +2,7 @@
  * Loads temporal.yaml: YAML → ${ENV} interpolation → zod → cross-checks → compiled config.
  * Every problem is reported by path in one ConfigError; nothing starts on a bad config.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseDocument } from 'yaml';
@@ -20,6 +21,11 @@ export interface KilnConfig extends ParsedConfig {
   readonly home: string;
   /** Absolute artifacts root. */
   readonly artifactsRoot: string;
+  /**
+   * Fingerprint of the file as written (its YAML data before ${ENV} interpolation; comments and
+   * formatting do not count): what workers publish and jobs carry, so drift between them is seen.
+   */
+  readonly hash: string;
 }
 
 /** Where the config comes from: --config, then KILN_CONFIG, then ./temporal.yaml. */
@@ -85,6 +91,7 @@ export function parseConfigText(text: string, file: string, env: NodeJS.ProcessE
   }
   const raw = doc.toJS() ?? {};
   if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(source, ['(root): expected a mapping of sections (server, trainers, models, ...)']);
+  const hash = configHash(raw);
   const problems: string[] = [];
   const interpolated = interpolate(raw, '', env, problems);
   const parsed = ConfigSchema.safeParse(interpolated);
@@ -98,7 +105,7 @@ export function parseConfigText(text: string, file: string, env: NodeJS.ProcessE
   const artifactsRoot = parsed.data.artifacts.root ? path.resolve(baseDir, parsed.data.artifacts.root) : path.join(home, 'artifacts');
   const server = { ...parsed.data.server, address: env.TEMPORAL_ADDRESS || parsed.data.server.address };
   if (env.TEMPORAL_NAMESPACE) server.namespace = env.TEMPORAL_NAMESPACE;
-  return { ...parsed.data, server, file: path.resolve(file), baseDir, home, artifactsRoot };
+  return { ...parsed.data, server, file: path.resolve(file), baseDir, home, artifactsRoot, hash };
 }
 
 export function loadConfig(file = configPath(), env: NodeJS.ProcessEnv = process.env): KilnConfig {
@@ -114,13 +121,55 @@ export function loadConfig(file = configPath(), env: NodeJS.ProcessEnv = process
   return parseConfigText(text, file, env);
 }
 
-/** Resolves a trainer command's argv: relative paths that exist next to the config become absolute. */
-export function resolveCommand(cfg: KilnConfig, argv: readonly string[]): string[] {
+/** JSON with sorted keys, so the hash does not depend on the order of keys in the file. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v ?? null);
+}
+
+/** 12 hex digits of the sha256 of the config's data as written; see KilnConfig.hash. */
+export function configHash(raw: unknown): string {
+  return createHash('sha256').update(canonical(raw)).digest('hex').slice(0, 12);
+}
+
+/** The hash of the config file as it is on disk now (null when it cannot be read or parsed). */
+export function configFileHash(file: string): string | null {
+  try {
+    const doc = parseDocument(fs.readFileSync(file, 'utf8'), { uniqueKeys: true });
+    return doc.errors.length ? null : configHash(doc.toJS() ?? {});
+  } catch {
+    return null;
+  }
+}
+
+/** The folder Kiln is installed in (where package.json and the shipped examples/ are). */
+export const KILN_ROOT = (() => {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
+  return dir;
+})();
+
+/**
+ * Resolves a trainer command's argv (also `check:` and dataset version commands). `node` is the
+ * running Node. A relative path (`./x`, `../x`, or `a/b` that exists) resolves against the config
+ * file's folder; when it is not there, against Kiln's install folder, so the shipped examples
+ * (`./examples/...`) work from a config anywhere. A name without a slash is looked up on PATH.
+ */
+export function resolveCommand(cfg: Pick<KilnConfig, 'baseDir'>, argv: readonly string[]): string[] {
   return argv.map((a, i) => {
     if (i === 0 && a === 'node') return process.execPath;
-    if (a.startsWith('./') || a.startsWith('../') || (!path.isAbsolute(a) && /[/\\]/.test(a) && fs.existsSync(path.join(cfg.baseDir, a)))) {
-      return path.resolve(cfg.baseDir, a);
+    if (path.isAbsolute(a)) return a;
+    const explicit = a.startsWith('./') || a.startsWith('../');
+    if (!explicit && !/[/\\]/.test(a)) return a;
+    for (const base of [cfg.baseDir, KILN_ROOT]) {
+      if (fs.existsSync(path.join(base, a))) return path.resolve(base, a);
     }
-    return a;
+    return explicit ? path.resolve(cfg.baseDir, a) : a;
   });
 }

@@ -81,7 +81,11 @@ export const WorkersSchema = z.strictObject({
 
 export const TrainerSchema = z.strictObject({
   description: z.string().optional(),
-  /** argv, spawned without a shell. Relative paths resolve against the config file's folder. */
+  /**
+   * argv, spawned without a shell. Relative paths resolve against the config file's folder, then
+   * Kiln's install folder (the shipped examples/); a name without a slash is looked up on PATH.
+   * `kiln config check`, `kiln doctor` and each GPU worker at start check that it can start.
+   */
   command: z.array(z.string().min(1)).min(1),
   /** A preflight argv that exits 0 when this trainer can run here (e.g. its framework imports); `kiln config check` runs it. */
   check: z.array(z.string().min(1)).min(1).optional(),

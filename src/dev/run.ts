@@ -16,6 +16,7 @@ import { connectClient, serverAddress } from '../temporal/connect';
 import { devUiUrl } from '../temporal/devServer';
 import { ensureSearchAttributes } from '../temporal/registerSearchAttributes';
 import { processStartTime } from '../supervisor/proc';
+import { watchConfig } from './configWatch';
 import { StateLock } from './lock';
 import { removeDevRecord, ServerKeeper, stopOrphanServer, writeDevRecord } from './server';
 import { WorkerSupervisor, type WorkerSpec } from './supervise';
@@ -127,6 +128,7 @@ class DevStack {
   private server: ServerKeeper | undefined;
   private readonly workers: WorkerSupervisor;
   private startup: Promise<ServerInfo | null> | undefined;
+  private unwatch: (() => void) | undefined;
   private resolveStopped!: () => void;
   readonly stopped = new Promise<void>((r) => (this.resolveStopped = r));
 
@@ -155,6 +157,7 @@ class DevStack {
     const env: NodeJS.ProcessEnv = { ...process.env, ...this.o.workerEnv, KILN_CONFIG: config.file, KILN_HOME: config.home, TEMPORAL_ADDRESS: s.address, KILN_PARENT_PID: String(process.pid) };
     this.workers.start(workerSpecs(config), env);
     log.info({ workers: this.workers.pids(), lockPid: this.lock.pid }, 'workers started');
+    this.unwatch = watchConfig(config, log);
     printBanner(config, s);
     return s;
   }
@@ -165,6 +168,7 @@ class DevStack {
     const { config, log } = this.o;
     this.server?.halt();
     await this.startup?.catch(() => undefined);
+    this.unwatch?.();
     if (this.lock) {
       log.info({ why }, 'shutting down: draining workers, then the server');
       await this.workers.stop(config.timeouts.cancelGrace + 15_000);

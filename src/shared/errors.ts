@@ -13,6 +13,10 @@ export const ErrorType = {
   TrainerStalled: 'TrainerStalled',
   /** Config on the worker cannot run this job (unknown trainer, bad command): not retryable here. */
   WorkerConfig: 'WorkerConfig',
+  /** The trainer's executable or script is missing or not executable on the worker (spawn ENOENT/EACCES): not retryable. */
+  TrainerNotFound: 'TrainerNotFound',
+  /** The worker loaded a different temporal.yaml than the one the job was validated with (docs/operations.md, "Config drift"): not retryable. */
+  WorkerConfigMismatch: 'WorkerConfigMismatch',
   /** A newer attempt of the same job owns the work dir: this one stopped itself. */
   AttemptSuperseded: 'AttemptSuperseded',
   /** The worker could not write a job's files (ENOSPC, EIO, EACCES, a bad path): that attempt fails, retryably, as a trainer failure. */
@@ -43,6 +47,8 @@ export const NON_RETRYABLE_TYPES = [
   ErrorType.WorkerConfig,
   ErrorType.RegistryRefused,
   ErrorType.CheckpointsUnreachable,
+  ErrorType.TrainerNotFound,
+  ErrorType.WorkerConfigMismatch,
 ];
 
 /** Thrown when temporal.yaml (or a job spec) is invalid; `problems` lists every issue by path. */

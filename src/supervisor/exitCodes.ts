@@ -15,3 +15,6 @@ export const ExitCode = {
   /** 128 + n: the trainer died by signal n. */
   signalBase: 128,
 } as const;
+
+/** What the shim writes to trainer.log (after `kiln shim: `) when the trainer cannot start; the train activity looks for it. */
+export const CANNOT_START = 'cannot start trainer';

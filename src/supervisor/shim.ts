@@ -23,7 +23,8 @@ import * as net from 'node:net';
 import { constants } from 'node:os';
 import * as path from 'node:path';
 import { createCgroup, killCgroup, signalCgroup } from './cgroup';
-import { ExitCode } from './exitCodes';
+import { commandProblem } from './commandCheck';
+import { CANNOT_START, ExitCode } from './exitCodes';
 import { processStartTime } from './proc';
 import { diskBytes } from './retention';
 import { EventJournal, LogCap, writeFileAtomic } from './shimio';
@@ -96,15 +97,21 @@ function main(): void {
   const say = (msg: string): void => log.say(`kiln shim: ${msg}\n`);
   const cg = cfg.cgroupParent ? createCgroup(cfg.cgroupParent, cfg.cgroupName) : null;
   if (cfg.cgroupParent && !cg) say(`cannot create a cgroup under ${cfg.cgroupParent}; the trainer runs in its process group only`);
+  // Checked here, not left to spawn: behind the cgroup's /bin/sh a missing command is just exit 127.
+  const problem = commandProblem(argv, process.cwd());
+  if (problem) {
+    say(`${CANNOT_START} ${JSON.stringify(argv[0])}: ${problem}`);
+    process.exit(ExitCode.cannotStart);
+  }
   let child: ChildProcess;
   try {
     child = startChild(argv, cg, cfg.logFile);
   } catch (err) {
-    say(`cannot start trainer ${JSON.stringify(argv[0])}: ${String(err)}`);
+    say(`${CANNOT_START} ${JSON.stringify(argv[0])}: ${String(err)}`);
     process.exit(ExitCode.cannotStart);
   }
   child.once('error', (err) => {
-    say(`cannot start trainer ${JSON.stringify(argv[0])}: ${err.message}`);
+    say(`${CANNOT_START} ${JSON.stringify(argv[0])}: ${err.message}`);
     process.exit(ExitCode.cannotStart);
   });
   if (!child.pid) return;
