@@ -152,9 +152,15 @@ describe('trainer gone after the worker started; config drift', () => {
     assert.match(drift0.detail, /2 live worker\(s\) run .* as it is on disk/, 'the control worker (one identity on two task types) and the GPU worker');
 
     const workerHash = env.config.hash;
-    const edited = fs.readFileSync(env.configFile, 'utf8').replace('progressInterval: 1s', 'progressInterval: 2s');
+    const workerJobHash = env.config.jobHashes.spirals!;
+    // A host-specific section may differ without refusing anything: the job hash covers the model's part.
+    const hostOnly = fs.readFileSync(env.configFile, 'utf8').replace('progressInterval: 1s', 'progressInterval: 2s');
+    assert.notEqual(parseConfigText(hostOnly, env.configFile, { KILN_HOME: env.home }).hash, workerHash);
+    assert.equal(parseConfigText(hostOnly, env.configFile, { KILN_HOME: env.home }).jobHashes.spirals, workerJobHash);
+    const edited = hostOnly.replace(/(\n  spirals:\n)/, '$1    description: edited under running workers\n');
     env.writeConfig(edited);
     assert.notEqual(env.config.hash, workerHash);
+    assert.notEqual(env.config.jobHashes.spirals, workerJobHash, 'the model section changed');
     const h = await env.submit('spirals', { params: { epochs: 1, steps_per_epoch: 5 } });
     await assert.rejects(h.result(), WorkflowFailedError);
     const hist = await h.fetchHistory();
@@ -163,7 +169,7 @@ describe('trainer gone after the worker started; config drift', () => {
     assert.equal(failure?.applicationFailureInfo?.type, 'WorkerConfigMismatch');
 
     const status = await kiln(['--config', env.configFile, 'status', h.workflowId], cli);
-    assert.match(status.stdout, new RegExp(`worker config mismatch: worker .*:control runs .* \\(config hash ${workerHash}\\), but job ${h.workflowId} was validated against config hash ${env.config.hash}`));
+    assert.match(status.stdout, new RegExp(`worker config mismatch: worker .*:control runs .* where model spirals .* has config hash ${workerJobHash}, but job ${h.workflowId} was validated against config hash ${env.config.jobHashes.spirals}`));
 
     const doctor = JSON.parse((await kiln(['--config', env.configFile, 'doctor', '--json', '--control-queue', env.controlQueue], cli)).stdout) as typeof before;
     const drift = doctor.checks.find((c) => c.id === 'config-drift')!;

@@ -83,7 +83,7 @@ export async function checkConfigDrift(config: KilnConfig, client: Client, contr
   return {
     ...base,
     status: 'warn',
-    detail: `${config.file} on disk is config ${disk}, but ${drifted.join(', ')}: jobs submitted now are refused by them (WorkerConfigMismatch)${extra}`,
+    detail: `${config.file} on disk is config ${disk}, but ${drifted.join(', ')}: jobs of a model whose models:/trainers: entry, retention or timeouts changed are refused by them (WorkerConfigMismatch); other sections may differ per host${extra}`,
     hint: 'restart those workers so they load the file (kiln dev: restart it; systemd: systemctl restart the kiln-worker units), or put the file back as they loaded it',
   };
 }

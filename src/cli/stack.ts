@@ -51,7 +51,7 @@ async function configVerb(ctx: CliContext): Promise<number> {
   // Where the registry is, with any password in registry.url masked.
   const registry = registryWhere(c);
   const ok = broken.length === 0;
-  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok, file: c.file, hash: c.hash, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools), registry, problems: broken, warnings }));
+  if (bool(p, 'json')) ctx.out(JSON.stringify({ ok, file: c.file, hash: c.hash, jobHashes: c.jobHashes, trainers: Object.keys(c.trainers), models: Object.keys(c.models), pools: Object.keys(c.workers.pools), registry, problems: broken, warnings }));
   else if (ok) ctx.out(`${c.file}: OK — ${Object.keys(c.trainers).length} trainer(s), ${Object.keys(c.models).length} model(s) [${Object.keys(c.models).join(', ')}], pools [${Object.keys(c.workers.pools).join(', ')}], state in ${c.home}, registry ${registry}`);
   for (const b of broken) process.stderr.write(`kiln config check: ${b}\n`);
   if (!ok) process.stderr.write(`${c.file}: ${broken.length} trainer command(s) cannot start on this host\n`);

@@ -30,7 +30,7 @@ export async function submitJob(client: Client, config: KilnConfig, spec: JobSpe
     taskQueue: o.taskQueue ?? TASK_QUEUE_CONTROL,
     workflowId: jobId,
     // The hash of the config this spec was validated with: a worker running another one refuses it.
-    args: [{ ...spec, configHash: spec.configHash ?? config.hash }],
+    args: [{ ...spec, configHash: spec.configHash ?? config.jobHashes[spec.model] }],
     typedSearchAttributes: kilnSearchAttributes({ model: spec.model, phase: 'queued', trigger: spec.trigger }),
     staticSummary: staticSummary(spec),
     staticDetails: `Kiln training job for model **${spec.model}** (trainer \`${spec.trainer}\`, dataset \`${spec.dataset}\`).`,

@@ -26,6 +26,13 @@ export interface KilnConfig extends ParsedConfig {
    * formatting do not count): what workers publish and jobs carry, so drift between them is seen.
    */
   readonly hash: string;
+  /**
+   * Per model, the fingerprint of what defines its jobs (its `models.<m>` entry, its trainer's
+   * `trainers.<t>` entry, and the top-level retention and timeouts, as written before ${ENV}
+   * interpolation). Jobs carry it and workers compare it (WorkerConfigMismatch); host-specific
+   * sections (server, workers, storage, state, logging, registry) may differ between hosts.
+   */
+  readonly jobHashes: Readonly<Record<string, string>>;
 }
 
 /** Where the config comes from: --config, then KILN_CONFIG, then ./temporal.yaml. */
@@ -105,7 +112,7 @@ export function parseConfigText(text: string, file: string, env: NodeJS.ProcessE
   const artifactsRoot = parsed.data.artifacts.root ? path.resolve(baseDir, parsed.data.artifacts.root) : path.join(home, 'artifacts');
   const server = { ...parsed.data.server, address: env.TEMPORAL_ADDRESS || parsed.data.server.address };
   if (env.TEMPORAL_NAMESPACE) server.namespace = env.TEMPORAL_NAMESPACE;
-  return { ...parsed.data, server, file: path.resolve(file), baseDir, home, artifactsRoot, hash };
+  return { ...parsed.data, server, file: path.resolve(file), baseDir, home, artifactsRoot, hash, jobHashes: jobHashes(raw as RawSections) };
 }
 
 export function loadConfig(file = configPath(), env: NodeJS.ProcessEnv = process.env): KilnConfig {
@@ -136,6 +143,18 @@ function canonical(v: unknown): string {
 /** 12 hex digits of the sha256 of the config's data as written; see KilnConfig.hash. */
 export function configHash(raw: unknown): string {
   return createHash('sha256').update(canonical(raw)).digest('hex').slice(0, 12);
+}
+
+type RawSections = { models?: Record<string, { trainer?: unknown } | null>; trainers?: Record<string, unknown>; retention?: unknown; timeouts?: unknown };
+
+/** See KilnConfig.jobHashes. */
+function jobHashes(raw: RawSections): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [m, model] of Object.entries(raw.models ?? {})) {
+    const t = typeof model?.trainer === 'string' ? model.trainer : '';
+    out[m] = configHash({ model, trainer: raw.trainers?.[t] ?? null, retention: raw.retention ?? null, timeouts: raw.timeouts ?? null });
+  }
+  return out;
 }
 
 /** The hash of the config file as it is on disk now (null when it cannot be read or parsed). */

@@ -160,17 +160,20 @@ export function validateSpec(config: KilnConfig, spec: JobSpec, jobId: string): 
 }
 
 /**
- * Config drift: the job was validated against a temporal.yaml with another hash than the one this
- * worker loaded (the file was edited and the worker not restarted). The rule (docs/operations.md,
+ * Config drift: the job was validated against a temporal.yaml whose section for the job's model
+ * (KilnConfig.jobHashes) differs from the one this worker loaded (the file was edited and the worker
+ * not restarted). Sections that may differ per host (server, workers, storage, ...) do not count. The rule (docs/operations.md,
  * "Config drift"): the worker refuses the job, non-retryably, saying both hashes and what to do.
  * A spec without configHash (an old client) is not checked.
  */
 export function configDrift(config: KilnConfig, spec: JobSpec, jobId: string, workerId: string): ApplicationFailure | null {
-  if (!spec.configHash || spec.configHash === config.hash) return null;
+  const mine = config.jobHashes[spec.model];
+  // A model this worker does not know is refused by the spec checks, with their own words.
+  if (!spec.configHash || !mine || spec.configHash === mine) return null;
   return ApplicationFailure.nonRetryable(
-    `worker config mismatch: worker ${workerId} runs ${config.file} as it was when the worker started (config hash ${config.hash}), but job ${jobId} was validated against config hash ${spec.configHash}; temporal.yaml changed without a worker restart: restart the workers (kiln dev: stop and start it; systemd: systemctl restart 'kiln-worker-*'), check with kiln doctor, then submit again`,
+    `worker config mismatch: worker ${workerId} runs ${config.file} as it was when the worker started, where model ${spec.model} (models.${spec.model}, its trainer, retention, timeouts) has config hash ${mine}, but job ${jobId} was validated against config hash ${spec.configHash}; temporal.yaml changed without a worker restart: restart the workers (kiln dev: stop and start it; systemd: systemctl restart 'kiln-worker-*'), check with kiln doctor, then submit again`,
     ErrorType.WorkerConfigMismatch,
-    { workerConfigHash: config.hash, jobConfigHash: spec.configHash },
+    { workerConfigHash: mine, jobConfigHash: spec.configHash },
   );
 }
 

@@ -20,7 +20,7 @@ export function watchConfig(config: KilnConfig, log: Pick<Logger, 'warn' | 'info
     } else {
       log.warn(
         { file: config.file, workersRun: config.hash, onDisk: now },
-        `${config.file} changed (config ${config.hash} → ${now}): the workers still run ${config.hash} and refuse jobs submitted against the new file (WorkerConfigMismatch). To apply it, stop kiln dev (Ctrl-C) and start it again; kiln config check validates the file first`,
+        `${config.file} changed (config ${config.hash} → ${now}): the workers still run ${config.hash} and refuse jobs of a model whose section changed (WorkerConfigMismatch). To apply it, stop kiln dev (Ctrl-C) and start it again; kiln config check validates the file first`,
       );
     }
     reported = now ?? '';

@@ -34,7 +34,7 @@ export const JobSpecSchema = z.strictObject({
    * The hash of the temporal.yaml the client validated this spec with (KilnConfig.hash; submitJob
    * sets it). A worker whose config has another hash refuses the job with WorkerConfigMismatch.
    */
-  configHash: z.string().regex(/^[0-9a-f]{12}$/, { message: 'configHash: 12 lowercase hex digits (kiln config check --json prints it)' }).optional(),
+  configHash: z.string().regex(/^[0-9a-f]{12}$/, { message: 'configHash: 12 lowercase hex digits (kiln config check --json prints it per model, as jobHashes)' }).optional(),
   /** Fine-tuning: a checkpoint to start from (must lie under artifacts.root). */
   baseCheckpoint: z.string().max(4096).optional(),
   retention: z
