@@ -5,19 +5,22 @@
  * keeps answering queries, `kiln status` and `kiln watch` follow it, a pause accepted in one run is
  * still in force in the next (which a resume Update then lifts), and it completes with one registry
  * version and every step trained once: the attempts stopped for a rollover lost 0 steps. Every run's
- * history is replayed.
+ * history is replayed. And the reports an attempt sends stay within their budget however fast the
+ * trainer checkpoints.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { WorkflowHandle } from '@temporalio/client';
+import { tsToMs } from '@temporalio/common/lib/time';
 import { temporal } from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { controlJob } from '../src/client/jobs';
 import { registryPath } from '../src/registry/open';
 import { SqliteModelRegistry } from '../src/registry/sqlite';
-import { progressQuery } from '../src/shared/messages';
+import { progressQuery, reportSignal } from '../src/shared/messages';
 import type { JobSummary } from '../src/shared/summary';
 import { workflowSource } from '../workers/common';
+import { REPORT_BURST } from '../activities/train/progress';
 import { defaultConfigYaml, startKilnEnv, waitFor, type KilnTestEnv } from './helpers/kiln';
 import { runKiln } from './helpers/processes';
 
@@ -134,5 +137,35 @@ describe('history: a job that checkpoints every step continues as new and comple
     assert.equal(w.code, 0, w.stderr);
     const last = JSON.parse(w.stdout.trim().split('\n').at(-1)!) as { outcome: string };
     assert.equal(last.outcome, 'completed');
+  });
+});
+
+describe('history: reports are coalesced whatever the checkpoint rate', () => {
+  let env: KilnTestEnv;
+  const INTERVAL_S = 3;
+  before(async () => {
+    env = await startKilnEnv(defaultConfigYaml({ models: LONG_MODEL }).replace('  progressInterval: 1s', `  progressInterval: ${INTERVAL_S}s`));
+    await env.startControlWorker();
+    await env.startGpuWorker();
+  });
+  after(async () => env?.cleanup());
+
+  test('20 checkpoints a second: at most the burst + one report per interval + the final one, and the newest checkpoint known', async (t) => {
+    const h = await env.submit('long', { params: { epochs: 9, steps_per_epoch: 100, step_delay_ms: 50, checkpoint_every: 1 } });
+    const s = (await h.result()) as JobSummary;
+    assert.equal(s.outcome, 'completed');
+    assert.equal(s.training_metrics.steps, 900);
+    assert.equal(s.session_info.attempts, 1);
+    const events = (await h.fetchHistory()).events ?? [];
+    const reports = events.filter((e) => e.workflowExecutionSignaledEventAttributes?.signalName === reportSignal.name).length;
+    const scheduled = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'train')!;
+    const closed = events.find((e) => String(e.activityTaskCompletedEventAttributes?.scheduledEventId) === String(scheduled.eventId))!;
+    const seconds = Math.ceil((tsToMs(closed.eventTime) - tsToMs(scheduled.eventTime)) / 1000);
+    const bound = REPORT_BURST + Math.ceil(seconds / INTERVAL_S) + 1;
+    t.diagnostic(`${reports} reports over a ${seconds} s attempt (bound ${bound}); ${events.length} events in all`);
+    assert.ok(reports >= 1, 'the attempt reported');
+    assert.ok(reports <= bound, `${reports} reports over ${seconds} s; the budget allows ${bound}`);
+    // The final report (and the result) carry the newest checkpoint.
+    assert.equal(s.artifacts.last_checkpoint?.step, 900);
   });
 });
