@@ -3,7 +3,7 @@
  * 1 checkpoint/min, with the default `workers.progressInterval` (1 min), on a real dev server with a
  * real GPU worker and the instrumented bench trainer (bench/fixtures/trainer.mjs, 1 step/s).
  *
- *   node dist/bench/history.js [--minutes 10]
+ *   node dist/bench/history.js [--minutes 60]
  *
  * Each case trains for `--minutes` and counts the job's history events (all runs of its chain). The
  * hourly figure is scaled from that window, so the attempt's burst of reports (up to 10 at its start)
@@ -18,7 +18,7 @@ import { loadavg } from './stats';
 import { CONFIG } from './training/harness';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { minutes: { type: 'string', default: '10' } } });
+  const { values } = parseArgs({ options: { minutes: { type: 'string', default: '60' } } });
   const minutes = Number(values.minutes);
   if (!Number.isFinite(minutes) || minutes < 1) throw new Error(`--minutes ${values.minutes}: a number ≥ 1`);
   const steps = Math.round(minutes * 60);

@@ -25,7 +25,7 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
   },
   history: {
     what: 'History growth (issue 16): history events per hour of training at 1 checkpoint/s and 1/min (prints only)',
-    usage: '[--minutes 10]',
+    usage: '[--minutes 60]',
   },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',

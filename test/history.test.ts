@@ -10,11 +10,12 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import type { WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { tsToMs } from '@temporalio/common/lib/time';
 import { temporal } from '@temporalio/proto';
 import { Worker } from '@temporalio/worker';
 import { controlJob } from '../src/client/jobs';
+import { buildSpec } from '../src/config/spec';
 import { registryPath } from '../src/registry/open';
 import { SqliteModelRegistry } from '../src/registry/sqlite';
 import { progressQuery, reportSignal } from '../src/shared/messages';
@@ -48,7 +49,7 @@ describe('history: a job that checkpoints every step continues as new and comple
   });
   after(async () => env?.cleanup());
 
-  test('continues as new across runs, keeps answering, pause/resume across the boundary, one version, no steps lost', async () => {
+  test('continues as new across runs, keeps answering, pause/resume across the boundary, one version, no steps lost', async (t) => {
     const h = await env.submit('long');
     const id = h.workflowId;
     const firstRun = (h as WorkflowHandle & { firstExecutionRunId: string }).firstExecutionRunId;
@@ -133,6 +134,8 @@ describe('history: a job that checkpoints every step continues as new and comple
     const d = await latest.describe();
     assert.equal((d.memo?.summary as JobSummary).outcome, 'completed');
     assert.deepEqual(d.searchAttributes.KilnModel, ['long']);
+    assert.deepEqual(d.searchAttributes.KilnPhase, ['completed']);
+    t.diagnostic(`runs: ${runs.length}; static summary of the final run: ${(await d.staticSummary()) ?? '(none)'}`);
     const w = await watching;
     assert.equal(w.code, 0, w.stderr);
     const last = JSON.parse(w.stdout.trim().split('\n').at(-1)!) as { outcome: string };
@@ -167,5 +170,16 @@ describe('history: reports are coalesced whatever the checkpoint rate', () => {
     assert.ok(reports <= bound, `${reports} reports over ${seconds} s; the budget allows ${bound}`);
     // The final report (and the result) carry the newest checkpoint.
     assert.equal(s.artifacts.last_checkpoint?.step, 900);
+  });
+
+  test('a TrainingJob started by hand with a made-up second argument fails at once, saying why', async () => {
+    const spec = buildSpec(env.config, 'long', {});
+    const h = await env.client.workflow.start('TrainingJob', { taskQueue: env.controlQueue, workflowId: `train-long-forged-${Date.now()}`, args: [spec, { kind: 'kiln.continued', runs: 'x' }] });
+    const err = await h.result().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof WorkflowFailedError, String(err));
+    assert.match(String(err.cause?.message), /invalid second argument to TrainingJob: prepared: missing or not a prepared job; job: missing or not a job state; budget: missing; runs: not a number; start a job with its spec only \(kiln submit\)/);
   });
 });
