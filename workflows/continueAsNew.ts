@@ -26,6 +26,8 @@ import type { AttemptBudget, BudgetSnapshot } from './attempts';
 import type { JobState } from './jobState';
 
 export const DEFAULT_HISTORY_EVENTS = 10_000;
+/** A run continues as new on the server's suggestion only after this many events of its own. */
+const MIN_RUN_EVENTS = 50;
 
 /** What a JobState carries into the next run. */
 export type JobSnapshot = Pick<
@@ -67,7 +69,9 @@ export function historyDue(p: PreparedJob): string | null {
   const i = workflowInfo();
   const limit = p.historyEvents ?? DEFAULT_HISTORY_EVENTS;
   if (i.historyLength >= limit) return `history at ${i.historyLength} events (workers.historyEvents: ${limit})`;
-  if (i.continueAsNewSuggested) return `the server suggested it at ${i.historyLength} events`;
+  // The server also suggests it for a large history in bytes; a run that just started (whose carried
+  // state alone may be large) goes on regardless, so the job can never continue as new in a loop.
+  if (i.continueAsNewSuggested && i.historyLength >= MIN_RUN_EVENTS) return `the server suggested it at ${i.historyLength} events`;
   return null;
 }
 
