@@ -101,9 +101,9 @@ describe('history: a job that checkpoints every step continues as new and comple
     assert.equal(s.registry.version, 1);
     const reg = new SqliteModelRegistry(registryPath(env.config));
     try {
-      assert.equal(reg.list({ model: 'long' }).length, 1, 'exactly one registry version');
+      assert.equal((await reg.list({ model: 'long' })).length, 1, 'exactly one registry version');
     } finally {
-      reg.close();
+      await reg.close();
     }
     const log = s.session_info.attempt_log ?? [];
     assert.ok(log.filter((a) => a.outcome === 'continued').length >= 1, JSON.stringify(log));
