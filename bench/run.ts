@@ -23,6 +23,10 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
     what: 'GPU path (issue 15): the PyTorch example bare vs under Kiln, two jobs on two devices, nvidia-smi telemetry (writes only where a GPU exists)',
     usage: '[--epochs 20] [--samples 65536] [--batch 256] [--hidden 1024] [--no-write]',
   },
+  history: {
+    what: 'History growth (issue 16): history events per hour of training at 1 checkpoint/s and 1/min (prints only)',
+    usage: '[--minutes 60]',
+  },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',
     usage: '[--jobs 200] [--runs 10] [--workers 2] [--slots 4] [--steps 5] [--json FILE] [--from-json FILE] [--no-write]',

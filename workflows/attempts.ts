@@ -52,7 +52,15 @@ export function classify(err: unknown): { kind: FailureKind; cause: string; mess
   return { kind: 'trainer', cause, message };
 }
 
-/** The two budgets and the backoff, across the attempts of one job. */
+/** What an AttemptBudget carries into the next run when the job continues as new. */
+export interface BudgetSnapshot {
+  failuresSinceProgress: number;
+  interruptions: number;
+  failureTimes: number[];
+  backoffMs: number;
+}
+
+/** The two budgets and the backoff, across the attempts of one job (and its runs). */
 export class AttemptBudget {
   failuresSinceProgress = 0;
   interruptions = 0;
@@ -60,6 +68,20 @@ export class AttemptBudget {
   private backoffMs = BACKOFF_INITIAL_MS;
 
   constructor(private readonly t: Pick<Timeouts, 'maxAttempts' | 'maxInterruptions'>) {}
+
+  snapshot(): BudgetSnapshot {
+    return { failuresSinceProgress: this.failuresSinceProgress, interruptions: this.interruptions, failureTimes: [...this.failureTimes], backoffMs: this.backoffMs };
+  }
+
+  static restore(t: Pick<Timeouts, 'maxAttempts' | 'maxInterruptions'>, s: Partial<BudgetSnapshot>): AttemptBudget {
+    const b = new AttemptBudget(t);
+    const num = (v: unknown, d: number): number => (typeof v === 'number' && Number.isFinite(v) ? v : d);
+    b.failuresSinceProgress = num(s.failuresSinceProgress, 0);
+    b.interruptions = num(s.interruptions, 0);
+    b.failureTimes = Array.isArray(s.failureTimes) ? s.failureTimes.filter((x) => typeof x === 'number') : [];
+    b.backoffMs = num(s.backoffMs, BACKOFF_INITIAL_MS);
+    return b;
+  }
 
   /** Thrashing: this many trainer failures inside THRASH_WINDOW_MS, progress or not. */
   get thrashLimit(): number {

@@ -90,7 +90,8 @@ export class JobState {
   restartedFromScratch: { attempt: number; stepsLost: number; reason: string } | null = null;
   /** Set once a version exists, so a job cancelled while awaiting approval still reports it. */
   registered: Registered | null = null;
-  readonly startedAt = new Date().toISOString();
+  /** When the job (its first run) started; carried across continue-as-new. */
+  startedAt = new Date().toISOString();
 
   constructor(
     readonly jobId: string,

@@ -15,6 +15,7 @@ import {
   ApplicationFailure,
   CancellationScope,
   condition,
+  ContinueAsNew,
   isCancellation,
   patched,
   proxyActivities,
@@ -33,6 +34,7 @@ import { formatIssues } from '../src/shared/params';
 import { type Activities, controlOptions, datasetOptions, evaluateOptions, trainOptions } from './activityOptions';
 import { awaitApproval } from './approval';
 import { AttemptBudget, classify } from './attempts';
+import { type Carried, continueJob, historyDue, parseCarried, restoreJob, watchHistory } from './continueAsNew';
 import { JobState } from './jobState';
 import { enterQueue, QUEUED_PHASE_PATCH } from './queue';
 
@@ -40,7 +42,8 @@ type Proxy = ActivityInterfaceFor<Activities>;
 
 const control = proxyActivities<Activities>(controlOptions());
 
-export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
+/** `carried` is only ever passed by the job itself when it continues as new (continueAsNew.ts). */
+export async function TrainingJob(input: JobSpecInput, carried?: Carried): Promise<JobSummary> {
   const info = workflowInfo();
   const parsed = JobSpecSchema.safeParse(input);
   if (!parsed.success) {
@@ -48,26 +51,32 @@ export async function TrainingJob(input: JobSpecInput): Promise<JobSummary> {
   }
   const spec = parsed.data;
   const job = new JobState(info.workflowId, info.runId, spec.model);
+  const resumed = carried === undefined ? null : parseCarried(carried);
+  if (resumed) restoreJob(job, resumed.job);
   job.listen(control);
 
-  let prepared: PreparedJob | null = null;
+  let prepared: PreparedJob | null = resumed?.prepared ?? null;
   try {
-    job.setPhase('preparing');
-    prepared = await control.prepareJob.executeWithOptions({ ...datasetOptions(), summary: `prepare ${spec.model}` }, [spec, info.workflowId]);
-    const s = await trainEvaluateRegister(job, spec, prepared, info);
+    if (!prepared) {
+      job.setPhase('preparing');
+      prepared = await control.prepareJob.executeWithOptions({ ...datasetOptions(), summary: `prepare ${spec.model}` }, [spec, info.workflowId]);
+    }
+    const s = await trainEvaluateRegister(job, spec, prepared, info, resumed);
     job.finish(s);
     return s;
   } catch (err) {
+    // Continuing as new is how a long job goes on, not how it ends.
+    if (err instanceof ContinueAsNew) throw err;
     return await failJob(job, prepared, err);
   }
 }
 
-async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJob, info: WorkflowInfo): Promise<JobSummary> {
+async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJob, info: WorkflowInfo, resumed: Carried | null): Promise<JobSummary> {
   const gpu = proxyActivities<Activities>(trainOptions(p));
   // Runs that began before the queued phase existed replay without it (the same commands as then).
   job.queuedPhase = patched(QUEUED_PHASE_PATCH);
   if (!job.queuedPhase) job.setPhase('training');
-  const train = await trainUntilDone(job, gpu, spec, p);
+  const train = await trainUntilDone(job, gpu, spec, p, resumed);
   if (train.lastCheckpoint) job.lastCheckpoint = train.lastCheckpoint;
   job.validation = { ...job.validation, ...train.validation };
 
@@ -93,22 +102,21 @@ async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJo
  * the job is paused it waits; once it is not, a new attempt starts from the newest checkpoint.
  * Whatever the interleaving of pause and resume, the job ends up in the state of the last accepted
  * one. What a failed attempt costs is decided here (attempts.ts), not by an activity retry policy.
+ * Before its history gets long the job continues as new between attempts (continueAsNew.ts): a
+ * running attempt is stopped like a pause, and the next run resumes from the checkpoint it saved.
  */
-async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: PreparedJob): Promise<TrainResult> {
-  const budget = new AttemptBudget(p.timeouts);
-  // The checkpoint a pause saved: handed to every later attempt (which keeps it pinned). Otherwise an
-  // attempt resumes from the newest checkpoint in the job's manifest.
-  let pauseCheckpoint: CheckpointRef | null = null;
+async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: PreparedJob, resumed: Carried | null): Promise<TrainResult> {
+  const budget = resumed ? AttemptBudget.restore(p.timeouts, resumed.budget) : new AttemptBudget(p.timeouts);
+  // The checkpoint a pause (or a stop for continue-as-new) saved: handed to every later attempt
+  // (which keeps it pinned). Otherwise an attempt resumes from the newest checkpoint in the manifest.
+  let pauseCheckpoint: CheckpointRef | null = resumed?.pauseCheckpoint ?? null;
   for (;;) {
-    if (job.paused) {
-      job.pausedAt = new Date().toISOString();
-      job.setPhase('paused');
-      await condition(() => !job.paused);
-      job.pausedAt = null;
-      if (!job.queuedPhase) job.setPhase('training');
-    }
+    if (job.paused) await waitWhilePaused(job, p);
+    const due = historyDue(p);
+    if (due) await continueJob(job, spec, { runs: resumed?.runs ?? 0, prepared: p, budget, pauseCheckpoint }, due);
     const scope = new CancellationScope();
     job.trainScope = scope;
+    const history = watchHistory(p, scope);
     const rec = job.beginAttempt();
     // A new token per attempt: reports from an earlier (paused, superseded) one are dropped.
     const token = uuid4();
@@ -122,6 +130,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
           { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded() },
         ]),
       );
+      history.stop();
       job.workers.add(train.workerId);
       if (train.resumedFrom) job.resumedFromSteps.push(train.resumedFrom.step);
       job.endAttempt(rec, 'completed', null, train.steps);
@@ -129,6 +138,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
       return train;
     } catch (err) {
       job.trainScope = undefined;
+      history.stop();
       const pausedThis = job.pauseScope === scope;
       job.pauseScope = undefined;
       // Only a cancellation this workflow asked for is one: a worker drained under the attempt also
@@ -137,8 +147,8 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
         job.endAttempt(rec, 'cancelled', 'job cancelled');
         throw err;
       }
-      if (pausedThis && scope.consideredCancelled && isCancellation(err)) {
-        job.endAttempt(rec, 'paused', 'paused');
+      if ((pausedThis || history.fired) && scope.consideredCancelled && isCancellation(err)) {
+        job.endAttempt(rec, pausedThis ? 'paused' : 'continued', pausedThis ? 'paused' : `stopped to continue as new: ${history.fired}`);
         pauseCheckpoint = job.lastCheckpoint;
         if (pauseCheckpoint) job.resumedFromSteps.push(pauseCheckpoint.step);
         continue;
@@ -155,6 +165,16 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
       await sleep(delay);
     }
   }
+}
+
+/** Waits while the job is paused; a paused job whose history is due continues as new while it waits. */
+async function waitWhilePaused(job: JobState, p: PreparedJob): Promise<void> {
+  job.pausedAt ??= new Date().toISOString();
+  job.setPhase('paused');
+  await condition(() => !job.paused || historyDue(p) !== null);
+  if (job.paused) return;
+  job.pausedAt = null;
+  if (!job.queuedPhase) job.setPhase('training');
 }
 
 /** Ends the job as cancelled (a cancellation, rethrown) or failed (non-retryable), with its summary. */

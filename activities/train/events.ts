@@ -56,8 +56,8 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
     writeManifest(workDir, keep);
     deps.metrics.checkpoints(jobId, keep.length, progress.checkpointBytes);
     channel.heartbeat();
-    // Checkpoints are worth a signal (the workflow reports the last one), but not more than one a second.
-    if (channel.msSinceSignal() > 1000) void channel.signal();
+    // Checkpoints are worth a report (the workflow records the newest one), coalesced by the channel.
+    channel.offer();
     return { keep, drop };
   };
   if (uploader) wireUploader(uploader, a, progress, isPinned, verified);
@@ -68,7 +68,7 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
         progress.onProgress(e);
         deps.metrics.progress(jobId, progress.stepsPerSec());
         channel.heartbeat();
-        if (progress.firstStep === e.step) void channel.signal();
+        if (progress.firstStep === e.step) channel.offer();
         break;
       case 'checkpoint':
         onCheckpoint(e);

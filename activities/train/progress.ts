@@ -164,9 +164,26 @@ export class TrainProgress {
   }
 }
 
-/** Where progress goes: heartbeats to the server (fast, unbounded), reports to the workflow (history events). */
+/** Reports an attempt may send at once (its first step, its first checkpoints) before the cadence applies. */
+export const REPORT_BURST = 10;
+
+/**
+ * Where progress goes: heartbeats to the server (fast, unbounded, what `kiln status` and `kiln watch`
+ * read), reports to the workflow (each one 4 history events). Reports are coalesced: `offer()` marks
+ * that something worth reporting happened (a checkpoint, the first step) and `maybeSignal()` sends
+ * the newest state only when the budget allows: a bucket of REPORT_BURST reports, refilled one per
+ * `intervalMs` (workers.progressInterval). However fast the trainer checkpoints, an attempt sends
+ * at most REPORT_BURST + 1 h / intervalMs reports per hour, plus its final one; a checkpoint reaches
+ * the workflow at most `intervalMs` after it was verified (and in the heartbeat at once).
+ */
 export class ProgressChannel {
   private lastSignal = 0;
+  private tokens = REPORT_BURST;
+  private refilledAt = Date.now();
+  /** Something happened since the last report that the workflow should learn soon. */
+  private pending = false;
+  /** Reports sent by this attempt (for logs and the bench). */
+  sent = 0;
 
   constructor(
     private readonly ctx: Context,
@@ -175,15 +192,40 @@ export class ProgressChannel {
     private readonly log: Logger,
     /** The token the workflow issued to this attempt; a report without it is dropped there. */
     private readonly token?: string,
+    private readonly intervalMs = 5000,
   ) {}
 
   heartbeat(): void {
     this.ctx.heartbeat(this.progress.heartbeat());
   }
 
-  /** Signals the report; a lost signal is only logged: the next one carries newer state. */
+  /** Something worth a report happened (a checkpoint, the first step); sent now if the budget allows. */
+  offer(now = Date.now()): void {
+    this.pending = true;
+    this.maybeSignal(now);
+  }
+
+  /**
+   * Sends a report when one is pending, or when `periodMs` passed since the last (the periodic
+   * report), and the budget has a report left. Called on every tick, so a pending report waits at
+   * most one refill interval.
+   */
+  maybeSignal(now = Date.now(), periodMs = Infinity): void {
+    const refill = Math.floor((now - this.refilledAt) / this.intervalMs);
+    if (refill > 0) {
+      this.tokens = Math.min(REPORT_BURST, this.tokens + refill);
+      this.refilledAt += refill * this.intervalMs;
+    }
+    if (this.tokens < 1 || !(this.pending || now - this.lastSignal >= periodMs)) return;
+    this.tokens -= 1;
+    void this.signal();
+  }
+
+  /** Signals the report (the final one bypasses the budget); a lost signal is only logged: the next one carries newer state. */
   async signal(final = false): Promise<void> {
     this.lastSignal = Date.now();
+    this.pending = false;
+    this.sent += 1;
     try {
       await this.workflow.signal(reportSignal, { ...this.progress.report(final), token: this.token });
     } catch (err) {

@@ -171,10 +171,10 @@ function tick(deps: GpuDeps, a: TrainAttempt, run: TrainRun, stop: TrainerStop):
         progress.gpu = g;
       });
     }
-    // Progress signals become history events: their interval grows with the attempt's age
-    // (5 s at first, ~3 min after 10 h), so a week-long run stays far below the history limit.
-    // Heartbeats (every tick) keep the fast, unbounded view for `kiln status`.
-    if (channel.msSinceSignal(now) > Math.max(p.progressIntervalMs, (now - a.t0) / 200)) void channel.signal();
+    // Reports become history events: a pending one (a checkpoint) goes out when the channel's budget
+    // allows, a periodic one when its interval passed (growing with the attempt's age: ~3 min after
+    // 10 h). Heartbeats (every tick) keep the fast, unbounded view for `kiln status`.
+    channel.maybeSignal(now, Math.max(p.progressIntervalMs, (now - a.t0) / 200));
   };
 }
 

@@ -73,8 +73,14 @@ export const PoolSchema = z.strictObject({
 export const WorkersSchema = z.strictObject({
   control: z.strictObject({ metricsPort: port.default(9464) }).prefault({}),
   pools: z.record(name, PoolSchema).default({ gpu: PoolSchema.parse({}) }),
-  /** How often a running trainer's progress is signalled to its workflow (heartbeats are faster). */
-  progressInterval: duration('progress interval').default(5000),
+  /**
+   * How often a running trainer's progress is reported to its workflow (each report is 4 history
+   * events): at most 10 reports at once, then one per interval. Heartbeats (what `kiln status` and
+   * `kiln watch` read) are faster.
+   */
+  progressInterval: duration('progress interval').default(60_000),
+  /** A training job continues as new before its run's history reaches this many events (Temporal's hard limit is 51,200). */
+  historyEvents: z.number().int().min(100).max(50_000).default(10_000),
   /** trainer.log is rotated past maxBytes; `keep` files in all (trainer.log, trainer.log.1, …). */
   trainerLog: z.strictObject({ maxBytes: bytes('trainer log cap').default(64 * 2 ** 20), keep: z.number().int().min(1).max(100).default(2) }).prefault({}),
 });

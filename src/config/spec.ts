@@ -148,6 +148,7 @@ export function prepareSpec(config: KilnConfig, spec: JobSpec, jobId: string, da
     promotion: promotionOf(config, spec.model),
     evaluate: { command: Boolean(trainer.evaluate.command), queue: trainer.evaluate.queue, timeoutMs: trainer.evaluate.timeout },
     progressIntervalMs: config.workers.progressInterval,
+    historyEvents: config.workers.historyEvents,
     workDir,
     onLostCheckpoints: spec.onLostCheckpoints ?? model?.onLostCheckpoints ?? 'fail',
   };

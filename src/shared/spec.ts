@@ -103,6 +103,8 @@ export interface PreparedJob {
   promotion: PromotionPolicyConfig | null;
   evaluate: { command: boolean; queue: 'control' | 'gpu'; timeoutMs: number };
   progressIntervalMs: number;
+  /** The run continues as new before its history reaches this many events (absent in jobs prepared before it existed). */
+  historyEvents?: number;
   workDir: string;
   /**
    * Paths in (or above) the work dir that registered versions pin against retention, found by the

@@ -65,7 +65,7 @@ export interface AttemptRecord {
   worker: string | null;
   started_at: string;
   ended_at: string | null;
-  outcome: 'running' | 'completed' | 'paused' | 'interrupted' | 'failed' | 'cancelled';
+  outcome: 'running' | 'completed' | 'paused' | 'continued' | 'interrupted' | 'failed' | 'cancelled';
   cause: string | null;
   /** The checkpoint step it resumed from (0: from scratch). */
   resume_step: number;

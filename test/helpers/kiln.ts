@@ -109,14 +109,18 @@ export interface KilnTestEnv {
   cleanup(): Promise<void>;
 }
 
-export async function startKilnEnv(configYaml = defaultConfigYaml(), opts: { searchAttributes?: boolean } = {}): Promise<KilnTestEnv> {
+/**
+ * `serverArgs` are extra `temporal server start-dev` arguments (e.g. `--dynamic-config-value K=V`);
+ * with them the env always starts its own dev server, even when TEMPORAL_ADDRESS is set.
+ */
+export async function startKilnEnv(configYaml = defaultConfigYaml(), opts: { searchAttributes?: boolean; serverArgs?: string[] } = {}): Promise<KilnTestEnv> {
   quietRuntime();
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-test-'));
   const configFile = path.join(home, 'temporal.yaml');
   let testEnv: TestWorkflowEnvironment | undefined;
   let address: string;
   let connection: Connection;
-  if (process.env.TEMPORAL_ADDRESS) {
+  if (process.env.TEMPORAL_ADDRESS && !opts.serverArgs?.length) {
     address = process.env.TEMPORAL_ADDRESS;
     connection = await Connection.connect({ address });
     const c = new Client({ connection });
@@ -126,7 +130,7 @@ export async function startKilnEnv(configYaml = defaultConfigYaml(), opts: { sea
       server: {
         executable: { type: 'existing-path', path: temporalBinary() },
         ip: '127.0.0.1',
-        extraArgs: ['--log-level', 'error', ...DEV_DYNAMIC_CONFIG],
+        extraArgs: ['--log-level', 'error', ...DEV_DYNAMIC_CONFIG, ...(opts.serverArgs ?? [])],
         searchAttributes: opts.searchAttributes === false ? [] : [...KILN_SEARCH_ATTRIBUTES],
       },
     });
