@@ -174,7 +174,7 @@ describe('trainer gone after the worker started; config drift', () => {
     const doctor = JSON.parse((await kiln(['--config', env.configFile, 'doctor', '--json', '--control-queue', env.controlQueue], cli)).stdout) as typeof before;
     const drift = doctor.checks.find((c) => c.id === 'config-drift')!;
     assert.equal(drift.status, 'warn');
-    assert.match(drift.detail, new RegExp(`on disk is config ${env.config.hash}, but .*:control on ${env.controlQueue} runs config ${workerHash}, .*:\\d+:gpu-gpu on kiln-gpu-gpu runs config ${workerHash}: jobs submitted now are refused`));
+    assert.match(drift.detail, new RegExp(`on disk is config ${env.config.hash}, but .*:control on ${env.controlQueue} runs config ${workerHash}, .*:\\d+:gpu-gpu on kiln-gpu-gpu runs config ${workerHash}: jobs of a model whose models:/trainers: entry, retention or timeouts changed are refused by them \\(WorkerConfigMismatch\\)`));
     const human = await kiln(['--config', env.configFile, 'doctor', '--control-queue', env.controlQueue], cli);
     assert.match(human.stdout, /\[warn\] workers run the config on disk/);
     assert.match(human.stdout, /fix: restart those workers/);
