@@ -56,12 +56,13 @@ describe(`chaos: Temporal dev server restarted ${N} times under a running job`, 
       const tUp = Date.now();
       const after = await waitFor(async () => {
         const p = await h.query(progressQuery);
-        return p.phase !== 'training' || p.step > stepBefore ? p : null;
+        // queued: a retry waits for its slot after the restart; still in progress.
+        return !inProgress(p.phase) || p.step > stepBefore ? p : null;
       }, 120_000, 'progress after the restart', 100);
       const row = { run, stepBefore, stopMs, startMs, progressMs: Date.now() - tUp, attempt: after.attempt };
       rows.push(row);
       console.log(`  restart ${run}/${N}: ${JSON.stringify(row)}`);
-      if (after.phase !== 'training') break;
+      if (!inProgress(after.phase)) break;
       await sleep(1500);
     }
     const r = await assertRecovered(env, h, watch, {
@@ -78,3 +79,7 @@ describe(`chaos: Temporal dev server restarted ${N} times under a running job`, 
     console.log(`  attempts ${r.summary.session_info.attempts}; figures: ${file}`);
   });
 });
+
+function inProgress(phase: string): boolean {
+  return phase === 'training' || phase === 'queued';
+}
