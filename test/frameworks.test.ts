@@ -62,8 +62,8 @@ const STEPS: Record<string, number> = { 'gpt2-tiny': 40, 'mlp-lightning': 64, 't
 const SLOW: Record<string, Record<string, number>> = {
   'gpt2-tiny': { step_delay_ms: 250 },
   'mlp-lightning': { step_delay_ms: 150 },
-  'trees-xgb': { round_delay_ms: 300 },
-  'mlp-torch': { step_delay_ms: 60 },
+  'trees-xgb': { round_delay_ms: 600 },
+  'mlp-torch': { step_delay_ms: 120 },
 };
 
 function trainerOf(env: KilnTestEnv, jobId: string): number | undefined {
@@ -110,10 +110,12 @@ describe('real frameworks through Kiln', { skip: HAVE_VENV ? false : `no framewo
       assert.ok(reference[name], 'the uninterrupted job ran first');
       const a = await env.startGpuWorker({ slots: 1 });
       const h = await env.submit(name, { params: SLOW[name] });
-      await waitFor(async () => ((await h.query(progressQuery)).checkpoints >= 2 ? true : null), 120_000, 'two checkpoints');
-      const oldPid = trainerOf(env, h.workflowId);
-      assert.ok(oldPid, 'trainer running');
+      const oldPid = await waitFor(() => trainerOf(env, h.workflowId) ?? null, 120_000, 'the trainer on worker a');
+      // Worker b starts while the trainer runs (a start takes seconds on a loaded machine, longer
+      // than the rest of a short job), so the kill below lands mid-training.
       const b = await env.startGpuWorker({ slots: 1 });
+      await waitFor(async () => ((await h.query(progressQuery)).checkpoints >= 2 ? true : null), 120_000, 'two checkpoints');
+      assert.ok(isAlive(oldPid), 'the trainer is still training when worker a is killed');
       a.kill('SIGKILL');
       await waitFor(() => !isAlive(oldPid), 20_000, 'the orphaned trainer to die');
       const s = (await h.result()) as JobSummary;
