@@ -86,7 +86,8 @@ async function registerVersion(deps: CommonDeps, hooks: RegistryHooks, { prepare
       datasetFingerprint: p.datasetFingerprint,
       baseCheckpoint: p.spec.baseCheckpoint ?? null,
       metrics,
-      artifactPath: train.modelPath,
+      // With storage.kind: s3 the stored model (every host can fetch it), else its path on the shared disk.
+      artifactPath: train.modelUri ?? train.modelPath,
       checkpointPath: train.lastCheckpoint?.path ?? null,
       requiredMetrics: p.requiredMetrics,
     }));

@@ -28,6 +28,7 @@ import { runKiln } from './helpers/processes';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const BUCKET = 'kiln-fleet';
+const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const canUnshare = spawnSync('unshare', ['-m', 'true'], { stdio: 'ignore' }).status === 0;
 const skip = !motoCommand() ? "moto_server not installed (pip install 'moto[server]')" : !canUnshare ? 'unshare -m is not permitted here (needs root): no separate hosts' : false;
 
@@ -71,9 +72,20 @@ class StallProxy {
 
 const TRAINERS = `  plain:
     command: [node, ${EXAMPLE_TRAINER}]
-    params:${EXAMPLE_TRAINER_PARAMS}`;
+    params:${EXAMPLE_TRAINER_PARAMS}
+  plain-eval:
+    command: [node, ${EXAMPLE_TRAINER}]
+    params:${EXAMPLE_TRAINER_PARAMS}
+    evaluate:
+      # Reads the model at KILN_MODEL_PATH; runs on the control worker (this process), which cannot see a GPU host's disk.
+      command: [node, ${EXAMPLE_TRAINER}]
+      queue: control`;
 const MODELS = `  spirals:
     trainer: plain
+    dataset: synthetic://spirals/v1
+    params: { epochs: 2, steps_per_epoch: 10 }
+  spirals-eval:
+    trainer: plain-eval
     dataset: synthetic://spirals/v1
     params: { epochs: 2, steps_per_epoch: 10 }`;
 
@@ -140,6 +152,8 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
     proxy = new StallProxy(Number(new URL(moto.endpoint).port));
     await proxy.listen();
     env = await startKilnEnv(defaultConfigYaml());
+    // The control worker runs in this process and reaches the same bucket (moto's test credentials).
+    for (const [k, v] of Object.entries(moto.env)) process.env[k] ??= v;
     state = path.join(env.home, 'state');
     fs.mkdirSync(state);
     // Hosts reach storage through the proxy; `direct` is the same bucket without it.
@@ -205,6 +219,42 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
     } finally {
       store.close();
     }
+    await stopHosts();
+  });
+
+  test('s3: evaluation on the control host finds the model through storage; the version records its s3:// URI; kiln logs on the control side reads the uploaded trainer log', async () => {
+    await startHost();
+    const h = await env.submit('spirals-eval', { params: { epochs: 2, steps_per_epoch: 10, checkpoint_every: 10 } });
+    const jobDir = path.join(state, 'artifacts', 'jobs', h.workflowId);
+    // This process (the control host) sees the state path's own disk, not the GPU host's tmpfs.
+    assert.equal(fs.existsSync(jobDir), false, 'the control host has no copy of the job folder before evaluation');
+    const s = (await h.result()) as JobSummary;
+    assert.equal(s.outcome, 'completed');
+    const modelUri = `s3://${BUCKET}/fleet/jobs/${h.workflowId}/artifacts/model.json`;
+    // The evaluate command read the downloaded model: its metrics are in the summary, and the model is on this disk now.
+    assert.equal(typeof s.validation_metrics.val_loss, 'number', JSON.stringify(s.validation_metrics));
+    const local = path.join(jobDir, 'artifacts', 'model.json');
+    assert.ok(fs.existsSync(local), `the model was downloaded to ${local} on the control host`);
+    assert.match(fs.readFileSync(path.join(jobDir, 'evaluate.log'), 'utf8'), new RegExp(`evaluate ${esc(local)}: val_loss`));
+    assert.equal(fs.existsSync(path.join(jobDir, 'trainer.log')), false, 'no trainer.log on the control host');
+    const store = new S3Store(StorageSchema.parse({ kind: 's3', bucket: BUCKET, prefix: 'fleet', endpoint: moto.endpoint, forcePathStyle: true, accessKeyId: 'testing', secretAccessKey: 'testing' }) as S3StorageConfig);
+    try {
+      const v = await verifyCheckpoint(store, modelUri.slice(store.uri.length + 1));
+      assert.ok(v.verified, `the stored model verifies: ${JSON.stringify(v)}`);
+      assert.equal(v.manifest.files[0]!.size, fs.statSync(local).size);
+      assert.ok((await store.list(`jobs/${h.workflowId}/logs/evaluate/`)).length >= 1, 'evaluate.log was uploaded');
+    } finally {
+      store.close();
+    }
+    assert.ok(s.registry.version, 'a version was registered');
+    const show = await runKiln(env, ['models', 'show', 'spirals-eval', String(s.registry.version)], { env: moto.env });
+    assert.equal(show.code, 0, show.stderr);
+    assert.match(show.stdout, new RegExp(`artifact: +${esc(modelUri)} \\(in object storage\\)`));
+    const logs = await runKiln(env, ['logs', h.workflowId], { env: moto.env });
+    assert.equal(logs.code, 0, logs.stderr);
+    assert.match(logs.stderr, new RegExp(`reading the uploaded log from s3://${BUCKET}/fleet/jobs/${h.workflowId}/logs/trainer/`));
+    assert.match(logs.stdout, /=== kiln: attempt 1 on \S+ at /);
+    assert.match(logs.stdout, /done: 20 steps/);
     await stopHosts();
   });
 

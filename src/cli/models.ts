@@ -81,6 +81,12 @@ function renderTable(config: KilnConfig, versions: ModelVersion[]): string[] {
   return [fmt(head), ...rows.map(fmt)];
 }
 
+/** A stored model (storage.kind: s3) by its URI, else its path on the shared disk (pinned against retention). */
+function artifactText(a: string | null): string {
+  if (!a) return '-';
+  return /^[a-z][a-z0-9+.-]*:\/\//.test(a) ? `${a} (in object storage)` : `${a} (pinned)`;
+}
+
 function renderVersion(config: KilnConfig, v: ModelVersion): string[] {
   const lines = [
     `${v.model} v${v.version}  ${v.stage}${v.complete ? '' : `  INCOMPLETE: missing required metrics ${v.missingMetrics.join(', ')}; can never be promoted`}`,
@@ -90,7 +96,7 @@ function renderVersion(config: KilnConfig, v: ModelVersion): string[] {
     `  params:      ${JSON.stringify(v.params)}`,
     `  dataset:     ${v.datasetFingerprint}`,
     `  base:        ${v.baseCheckpoint ?? '-'}`,
-    `  artifact:    ${v.artifactPath ? `${v.artifactPath} (pinned)` : '-'}`,
+    `  artifact:    ${artifactText(v.artifactPath)}`,
     `  checkpoint:  ${v.checkpointPath ? `${v.checkpointPath} (pinned)` : '-'}`,
     `  metrics:     ${metricsText(v.metrics, preferredMetrics(config, v.model))}`,
     `  complete:    ${completeText(v)}`,

@@ -13,6 +13,8 @@ export interface TrainResult {
   metrics: Record<string, number>;
   validation: Record<string, number>;
   modelPath: string | null;
+  /** Where the model artifact is stored (`storage.kind: s3`): `s3://bucket/prefix/jobs/<id>/artifacts/<name>`. Absent otherwise and in older histories. */
+  modelUri?: string | null;
   lastCheckpoint: CheckpointRef | null;
   checkpoints: CheckpointRef[];
   gpuIds: string[];
