@@ -9,7 +9,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { KilnConfig } from '../../src/config/load';
 import type { Logger } from '../../src/logger';
 import { ErrorType } from '../../src/shared/errors';
-import type { CheckpointRef, ProgressReport, TrainHeartbeat } from '../../src/shared/progress';
+import type { CheckpointRef, ProgressReport, SkippedCheckpoint, TrainHeartbeat } from '../../src/shared/progress';
 import type { PreparedJob } from '../../src/shared/spec';
 import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
 import { selectKept } from '../../src/supervisor/retention';
@@ -60,6 +60,8 @@ export interface TrainAttempt {
   fence: StoreFence | null;
   /** Every recorded checkpoint was unreachable and this attempt starts from step 0 (onLostCheckpoints: restart). */
   restartedFromScratch: ProgressReport['restartedFromScratch'];
+  /** Newer recorded checkpoints this attempt stepped over: changed on disk since they were verified. */
+  skippedCheckpoints: SkippedCheckpoint[];
 }
 
 /** Starts the attempt; a disk error on the job's files fails only this attempt (JobIoError). */
@@ -131,7 +133,7 @@ async function takeOver(deps: GpuDeps, ctx: Context, input: TrainInput): Promise
   dropJournals(workDir, gen);
   const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
   const journal = journalFile(workDir, gen, attempt);
-  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints, restartedFromScratch, fence };
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints, restartedFromScratch, fence, skippedCheckpoints: resume.skipped ?? [] };
 }
 
 /** With shared storage, the lease object fences attempts on hosts that share no disk. */

@@ -153,6 +153,7 @@ function progressLines(p: JobProgress): string[] {
   if (Object.keys(p.validation).length) lines.push(`  validation: ${fmtMetrics(p.validation)}`);
   if (p.cancelReason) lines.push(`  cancelled:  ${p.cancelReason}`);
   if (p.restartedFromScratch) lines.push(`  lost work:  attempt ${p.restartedFromScratch.attempt} restarted from step 0, ${p.restartedFromScratch.stepsLost} steps lost: ${p.restartedFromScratch.reason.split('\n')[0]}`);
+  for (const k of p.skippedCheckpoints ?? []) lines.push(`  bad ckpt:   step ${k.step} ${k.path}: ${k.problem}; attempt ${k.attempt} resumed from an earlier one`);
   // Older runs answer without these fields.
   for (const a of p.attemptLog ?? []) lines.push(`  attempt ${a.n}:  ${attemptLine(a)}`);
   if (p.ignoredMessages) lines.push(`  ignored:    ${p.ignoredMessages} message(s) the job dropped; last: ${p.lastIgnored}`);
