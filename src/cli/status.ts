@@ -179,6 +179,7 @@ function summaryLines(r: JobSummary): string[] {
   if (r.session_info.cancellation_reason && r.outcome === 'cancelled') lines.push(`  reason:     ${r.session_info.cancellation_reason}`);
   const lost = r.session_info.restarted_from_scratch;
   if (lost) lines.push(`  lost work:  attempt ${lost.attempt} restarted from step 0, ${lost.steps_lost} steps lost: ${lost.reason.split('\n')[0]}`);
+  for (const k of r.session_info.skipped_checkpoints ?? []) lines.push(`  bad ckpt:   step ${k.step} ${k.path}: ${k.problem}; attempt ${k.attempt} resumed from an earlier one`);
   // The whole message: the cause, then the trainer's log tail it quotes.
   if (r.session_info.failure) lines.push(`  failure:    ${r.session_info.failure.trimEnd().split('\n').join('\n              ')}`);
   return lines;
