@@ -9,10 +9,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { ApplicationFailure } from '@temporalio/common';
+import { isSkipped } from '../src/shared/progress';
 import { checkpointMismatch, digestCheckpoint } from '../src/supervisor/checkpointDigest';
 import { readManifest } from '../src/supervisor/workdir';
+import { CheckpointSuspects, noteFailure } from '../workflows/suspects';
 import { assertRecovered, watchJob } from './helpers/faults';
-import { defaultConfigYaml, jobDir, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
+import { defaultConfigYaml, jobDir, readTrainerLog, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
 import { jobProcesses, killAllStarted, runKiln, sleep, workerOfTrainer } from './helpers/processes';
 
 const GRACE_MS = 3000;
@@ -49,6 +52,36 @@ describe('checkpoint digests', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('suspect checkpoints (workflow state)', () => {
+  const c10 = { step: 10, path: '/jobs/j/checkpoints/step-10.ckpt.json', metrics: {}, bytes: 9, sha256: 'a'.repeat(64) };
+  const c5 = { step: 5, path: '/jobs/j/checkpoints/step-5.ckpt.json', metrics: {}, bytes: 9, sha256: 'b'.repeat(64) };
+  const failed = (from: typeof c10 | null, firstStep: number | null) =>
+    ApplicationFailure.retryable('trainer exited with code 1 at step 0', 'TrainerFailed', { exitCode: 1, step: 0, logTail: '', resumedFrom: from, firstStep });
+
+  test('failing right after resuming makes a checkpoint suspect, twice quarantined; carried across continue-as-new', () => {
+    const s = new CheckpointSuspects();
+    assert.equal(noteFailure(s, 1, 'trainer', failed(c10, 12), 'crash'), null, 'a failure after progress suspects nothing');
+    assert.equal(noteFailure(s, 2, 'trainer', failed(null, null), 'crash'), null, 'no resume point: nothing to suspect');
+    const first = noteFailure(s, 3, 'trainer', failed(c10, null), 'cannot resume');
+    assert.deepEqual({ q: first?.quarantined, a: first?.failedAttempts }, { q: false, a: [3] });
+    assert.deepEqual(s.skipList(), [{ path: c10.path, sha256: c10.sha256, quarantined: false }], 'the next attempt skips the suspect');
+    assert.equal(noteFailure(s, 4, 'interruption', failed(c5, null), 'worker lost'), null, 'an interruption suspects nothing');
+    assert.equal(s.skipList().length, 1, 'and keeps the suspect skipped');
+    // The previous checkpoint fails too: c5 is now the suspect; c10 may be tried again.
+    noteFailure(s, 5, 'trainer', failed(c5, null), 'cannot resume');
+    assert.deepEqual(s.skipList().map((k) => k.path), [c5.path]);
+    const again = noteFailure(s, 6, 'trainer', failed(c10, null), 'cannot resume');
+    assert.deepEqual({ q: again?.quarantined, a: again?.failedAttempts }, { q: true, a: [3, 6] });
+    const carried = CheckpointSuspects.restore(JSON.parse(JSON.stringify(s.snapshot())));
+    assert.deepEqual(carried.skipList(), s.skipList(), 'the skip list survives continue-as-new');
+    noteFailure(carried, 7, 'trainer', failed(c5, 30), 'crash later');
+    assert.deepEqual(carried.skipList(), [{ path: c10.path, sha256: c10.sha256, quarantined: true }], 'a quarantined checkpoint stays skipped');
+    assert.ok(isSkipped(c10, carried.skipList()));
+    assert.equal(isSkipped({ ...c10, sha256: 'c'.repeat(64) }, carried.skipList()), null, 'a new checkpoint written at the same path is not held to the old record');
+    assert.equal(CheckpointSuspects.restore({ list: 'garbage' }).list.length, 0, 'a malformed carried state is dropped');
   });
 });
 
@@ -112,5 +145,26 @@ describe('bad checkpoint on disk', { concurrency: 1 }, () => {
     assert.equal(st.code, 0, st.stderr);
     assert.match(st.stdout, new RegExp(`bad ckpt: +step ${newest.step} ${newest.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: it has \\d+ bytes`), st.stdout);
     console.log(`  ${st.stdout.split('\n').find((l) => l.includes('bad ckpt'))}`);
+  });
+
+  test('a checkpoint the trainer cannot resume from is suspect: the next attempt resumes from the previous one, completes, reports it', async () => {
+    // Attempt 1 announces a poisoned step-10 checkpoint (intact on disk, its own sha256 wrong) and exits 1;
+    // attempt 2 resumes from it and dies before its first step; attempt 3 must skip it.
+    const h = await env.submit('spirals', { params: { ...PARAMS, fault: 'poison', fault_at_step: 10, fault_attempts: [1] } });
+    const watch = watchJob(env, h.workflowId);
+    const r = await assertRecovered(env, h, watch, { training: 'retried', lastVerifiedBefore: 5, stepAtFault: null, checkpointEvery: EVERY, totalSteps: 80, retention: 3, graceMs: GRACE_MS });
+    const si = r.summary.session_info;
+    assert.equal(si.attempts, 3, `attempts: ${JSON.stringify((si.attempt_log ?? []).map((a) => [a.n, a.outcome, a.resume_step, a.cause]))}`);
+    assert.match(si.attempt_log?.[1]?.cause ?? '', /trainer exited with code 1/);
+    assert.match(readTrainerLog(env, h.workflowId), /cannot resume: checkpoint .*step-10\.ckpt\.json is corrupt/, 'attempt 2 died on the poisoned checkpoint');
+    assert.equal(r.resumedFrom, 5, 'the last attempt resumed from step 5, not the poisoned step 10');
+    const suspects = si.suspect_checkpoints ?? [];
+    assert.equal(suspects.length, 1, JSON.stringify(suspects));
+    assert.deepEqual({ step: suspects[0]!.step, attempts: suspects[0]!.failed_attempts, quarantined: suspects[0]!.quarantined }, { step: 10, attempts: [2], quarantined: false });
+    assert.ok(suspects[0]!.path.endsWith('step-10.ckpt.json'));
+    const st = await runKiln(env, ['status', h.workflowId]);
+    assert.equal(st.code, 0, st.stderr);
+    assert.match(st.stdout, /suspect: step 10 .*step-10\.ckpt\.json: attempt\(s\) 2 failed right after resuming from it/, st.stdout);
+    console.log(`  ${st.stdout.split('\n').find((l) => l.includes('suspect:'))}`);
   });
 });

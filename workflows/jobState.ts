@@ -40,6 +40,7 @@ import {
 } from '../src/shared/control';
 import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
+import { CheckpointSuspects } from './suspects';
 import { CheckpointRefSchema, progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport, type SkippedCheckpoint } from '../src/shared/progress';
 import { endReason, type AttemptRecord, type JobProgress, type JobSummary, type TrainResult } from '../src/shared/summary';
 import { endAttempt } from './attempts';
@@ -90,6 +91,8 @@ export class JobState {
   restartedFromScratch: { attempt: number; stepsLost: number; reason: string } | null = null;
   /** Checkpoints an attempt stepped over because they changed on disk after they were verified. */
   skippedCheckpoints: (SkippedCheckpoint & { attempt: number })[] = [];
+  /** Checkpoints attempts failed on right after resuming: suspect once, quarantined twice. */
+  suspects = new CheckpointSuspects();
   /** Set once a version exists, so a job cancelled while awaiting approval still reports it. */
   registered: Registered | null = null;
   /** When the job (its first run) started; carried across continue-as-new. */
@@ -353,6 +356,7 @@ export class JobState {
       lastIgnored: this.lastIgnored,
       restartedFromScratch: this.restartedFromScratch,
       skippedCheckpoints: this.skippedCheckpoints,
+      suspectCheckpoints: this.suspects.list,
       line: this.line(),
       attemptLog: this.attemptLog,
       summary: this.summary,
@@ -386,6 +390,7 @@ export class JobState {
         failure,
         resumed_from_steps: this.resumedFromSteps,
         resume: train?.resumedFrom ? { from_step: train.resumedFrom.step, first_step: train.firstStep } : null,
+        ...(this.suspects.list.length ? { suspect_checkpoints: this.suspects.list.map((s) => ({ step: s.step, path: s.path, failed_attempts: s.failedAttempts, quarantined: s.quarantined, cause: s.cause })) } : {}),
         ...(this.skippedCheckpoints.length ? { skipped_checkpoints: this.skippedCheckpoints.map((k) => ({ attempt: k.attempt, step: k.step, path: k.path, problem: k.problem })) } : {}),
         ...(this.restartedFromScratch ? { restarted_from_scratch: { attempt: this.restartedFromScratch.attempt, steps_lost: this.restartedFromScratch.stepsLost, reason: this.restartedFromScratch.reason } } : {}),
       },

@@ -21,7 +21,9 @@ const VALIDATION_SPLITS = new Set(['validation', 'val', 'eval']);
 export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: TrainProgress, channel: ProgressChannel, uploader?: CheckpointUploader | null): (e: TrainerEvent) => void {
   const { log, workDir, jobId } = a;
   // The pause checkpoint and the base checkpoint are what this attempt started from: never pruned.
-  const pinned = new Set<string>([...(a.input.resumeFrom ? [a.input.resumeFrom.path] : []), ...(a.p.spec.baseCheckpoint ? [a.p.spec.baseCheckpoint] : [])]);
+  // Nor are quarantined ones (kept for inspection until the job ends).
+  const quarantined = (a.input.skip ?? []).filter((s) => s.quarantined).map((s) => s.path);
+  const pinned = new Set<string>([...(a.input.resumeFrom ? [a.input.resumeFrom.path] : []), ...(a.p.spec.baseCheckpoint ? [a.p.spec.baseCheckpoint] : []), ...quarantined]);
   const isPinned = (cp: string): boolean => pinned.has(cp) || deps.isPinned(cp);
 
   const onCheckpoint = (e: Extract<TrainerEvent, { type: 'checkpoint' }>) => {

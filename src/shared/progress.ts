@@ -33,6 +33,18 @@ export const CheckpointRefSchema = z.object({
 /** A recorded checkpoint an attempt did not resume from because it no longer matched what was verified. */
 export const SkippedCheckpointSchema = z.object({ step: z.number().int().min(0), path: z.string().max(4096), problem: z.string().max(1000) });
 export type SkippedCheckpoint = z.infer<typeof SkippedCheckpointSchema>;
+
+/** A checkpoint the workflow tells an attempt not to resume from (suspect or quarantined: workflows/suspects.ts). */
+export interface SkipRef {
+  path: string;
+  sha256?: string;
+  quarantined: boolean;
+}
+
+/** The skip-list entry naming this checkpoint (same path; same sha256 where both are known), or null. */
+export function isSkipped(c: { path: string; sha256?: string }, skip: readonly SkipRef[] | undefined): SkipRef | null {
+  return skip?.find((s) => s.path === c.path && (s.sha256 === undefined || c.sha256 === undefined || s.sha256 === c.sha256)) ?? null;
+}
 export type CheckpointRef = z.infer<typeof CheckpointRefSchema>;
 
 /**

@@ -58,6 +58,8 @@ export interface JobSummary {
     restarted_from_scratch?: { attempt: number; steps_lost: number; reason: string };
     /** Checkpoints an attempt did not resume from: changed on disk since they were verified. */
     skipped_checkpoints?: { attempt: number; step: number; path: string; problem: string }[];
+    /** Checkpoints attempts failed on right after resuming from them: suspect once, quarantined (never resumed from) twice. */
+    suspect_checkpoints?: { step: number; path: string; failed_attempts: number[]; quarantined: boolean; cause: string }[];
   };
 }
 
@@ -109,6 +111,8 @@ export interface JobProgress {
   restartedFromScratch?: { attempt: number; stepsLost: number; reason: string } | null;
   /** Checkpoints an attempt stepped over: changed on disk since they were verified. */
   skippedCheckpoints?: { attempt: number; step: number; path: string; problem: string }[];
+  /** Checkpoints attempts failed on right after resuming from them. */
+  suspectCheckpoints?: { step: number; path: string; failedAttempts: number[]; quarantined: boolean; cause: string }[];
   line: string;
   summary: JobSummary | null;
 }

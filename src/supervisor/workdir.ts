@@ -17,7 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Info } from '@temporalio/activity';
 import type { Logger } from '../logger';
-import type { CheckpointRef, SkippedCheckpoint, TrainHeartbeat } from '../shared/progress';
+import { isSkipped, type CheckpointRef, type SkippedCheckpoint, type SkipRef, type TrainHeartbeat } from '../shared/progress';
 import { checkpointMismatch } from './checkpointDigest';
 import { diskBytes } from './retention';
 import { readJournal, writeFileAtomic } from './shimio';
@@ -261,7 +261,7 @@ export interface ResumePoint {
  */
 export function chooseResumePoint(
   workDir: string,
-  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number },
+  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[] },
 ): ResumePoint {
   const { log } = o;
   const known = new Map<string, CheckpointRef>();
@@ -288,6 +288,11 @@ export function chooseResumePoint(
     }
     if (!fs.existsSync(c.path)) {
       log.warn({ path: c.path, step: c.step }, 'checkpoint to resume from is missing; trying the previous one');
+      continue;
+    }
+    const suspect = isSkipped(c, o.skip);
+    if (suspect) {
+      log.warn({ path: c.path, step: c.step, quarantined: suspect.quarantined }, `checkpoint is ${suspect.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
       continue;
     }
     const problem = checkpointMismatch(c.path, c);
