@@ -24,6 +24,7 @@ import type { JobSpec, PreparedJob } from '../src/shared/spec';
 import type { JobSummary } from '../src/shared/summary';
 import type { AttemptBudget, BudgetSnapshot } from './attempts';
 import type { JobState } from './jobState';
+import { CheckpointSuspects } from './suspects';
 
 export const DEFAULT_HISTORY_EVENTS = 10_000;
 /** A run continues as new on the server's suggestion only after this many events of its own. */
@@ -50,7 +51,7 @@ export type JobSnapshot = Pick<
   | 'validation'
   | 'registered'
   | 'startedAt'
-> & { workers: string[] };
+> & { workers: string[]; skippedCheckpoints?: JobState['skippedCheckpoints']; suspects?: ReturnType<CheckpointSuspects['snapshot']> };
 
 /** The second argument of a continued TrainingJob run. */
 export interface Carried {
@@ -104,12 +105,17 @@ export function snapshotJob(job: JobState): JobSnapshot {
     ...{ latest, cancelReason, cancelledBy, paused, controlSeq, ignoredMessages, lastIgnored, pausedAt, approval, attempts, interruptions, attemptLog },
     ...{ resumedFromSteps, lastCheckpoint, checkpoints, validation, registered, startedAt },
     workers: [...job.workers],
+    skippedCheckpoints: job.skippedCheckpoints,
+    suspects: job.suspects.snapshot(),
   };
 }
 
 export function restoreJob(job: JobState, s: JobSnapshot): void {
-  const { workers, attemptLog, resumedFromSteps, ...rest } = s;
+  const { workers, attemptLog, resumedFromSteps, skippedCheckpoints, suspects, ...rest } = s;
   Object.assign(job, rest);
+  // Runs carried by an older version have no skipped checkpoints.
+  job.skippedCheckpoints = skippedCheckpoints ?? [];
+  job.suspects = CheckpointSuspects.restore(suspects);
   job.attemptLog.push(...attemptLog);
   job.resumedFromSteps.push(...resumedFromSteps);
   for (const w of workers) job.workers.add(w);
@@ -126,6 +132,7 @@ export function parseCarried(raw: unknown): Carried {
   else {
     if (typeof c.prepared?.jobId !== 'string' || typeof c.prepared.workDir !== 'string') problems.push('prepared: missing or not a prepared job');
     if (typeof c.job !== 'object' || c.job === null || !Array.isArray(c.job.attemptLog) || !Array.isArray(c.job.workers)) problems.push('job: missing or not a job state');
+    else if (c.job.skippedCheckpoints !== undefined && !Array.isArray(c.job.skippedCheckpoints)) problems.push('job.skippedCheckpoints: not a list');
     if (typeof c.budget !== 'object' || c.budget === null) problems.push('budget: missing');
     if (typeof c.runs !== 'number') problems.push('runs: not a number');
   }

@@ -40,7 +40,8 @@ import {
 } from '../src/shared/control';
 import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
-import { CheckpointRefSchema, progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport } from '../src/shared/progress';
+import { CheckpointSuspects } from './suspects';
+import { CheckpointRefSchema, progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport, type SkippedCheckpoint } from '../src/shared/progress';
 import { endReason, type AttemptRecord, type JobProgress, type JobSummary, type TrainResult } from '../src/shared/summary';
 import { endAttempt } from './attempts';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
@@ -88,6 +89,10 @@ export class JobState {
   validation: Record<string, number> = {};
   /** An attempt that found every checkpoint unreachable and trained from step 0. */
   restartedFromScratch: { attempt: number; stepsLost: number; reason: string } | null = null;
+  /** Checkpoints an attempt stepped over because they changed on disk after they were verified. */
+  skippedCheckpoints: (SkippedCheckpoint & { attempt: number })[] = [];
+  /** Checkpoints attempts failed on right after resuming: suspect once, quarantined twice. */
+  suspects = new CheckpointSuspects();
   /** Set once a version exists, so a job cancelled while awaiting approval still reports it. */
   registered: Registered | null = null;
   /** When the job (its first run) started; carried across continue-as-new. */
@@ -307,6 +312,12 @@ export class JobState {
       this.restartedFromScratch = { attempt: r.attempt, ...r.restartedFromScratch };
       this.lastCheckpoint = r.lastCheckpoint;
     }
+    for (const k of r.skippedCheckpoints ?? []) {
+      if (this.skippedCheckpoints.some((s) => s.path === k.path)) continue;
+      // Bounded: a job cannot grow its state without limit from reports.
+      if (this.skippedCheckpoints.length < 100) this.skippedCheckpoints.push({ attempt: r.attempt, ...k });
+      log.warn(`${this.jobId}: attempt ${r.attempt} did not resume from checkpoint step ${k.step} (${k.path}): ${k.problem}`);
+    }
     if (Object.keys(r.validation).length) this.validation = { ...this.validation, ...r.validation };
     // The first report of the running attempt: its trainer runs, the wait for a slot is over.
     if (this.phase === 'queued' && r.token === this.queuedToken) {
@@ -344,6 +355,8 @@ export class JobState {
       ignoredMessages: this.ignoredMessages,
       lastIgnored: this.lastIgnored,
       restartedFromScratch: this.restartedFromScratch,
+      skippedCheckpoints: this.skippedCheckpoints,
+      suspectCheckpoints: this.suspects.list,
       line: this.line(),
       attemptLog: this.attemptLog,
       summary: this.summary,
@@ -377,6 +390,8 @@ export class JobState {
         failure,
         resumed_from_steps: this.resumedFromSteps,
         resume: train?.resumedFrom ? { from_step: train.resumedFrom.step, first_step: train.firstStep } : null,
+        ...(this.suspects.list.length ? { suspect_checkpoints: this.suspects.list.map((s) => ({ step: s.step, path: s.path, failed_attempts: s.failedAttempts, quarantined: s.quarantined, cause: s.cause })) } : {}),
+        ...(this.skippedCheckpoints.length ? { skipped_checkpoints: this.skippedCheckpoints.map((k) => ({ attempt: k.attempt, step: k.step, path: k.path, problem: k.problem })) } : {}),
         ...(this.restartedFromScratch ? { restarted_from_scratch: { attempt: this.restartedFromScratch.attempt, steps_lost: this.restartedFromScratch.stepsLost, reason: this.restartedFromScratch.reason } } : {}),
       },
     };

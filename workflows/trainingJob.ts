@@ -17,6 +17,7 @@ import {
   condition,
   ContinueAsNew,
   isCancellation,
+  log,
   patched,
   proxyActivities,
   sleep,
@@ -37,6 +38,7 @@ import { AttemptBudget, classify } from './attempts';
 import { type Carried, continueJob, historyDue, parseCarried, restoreJob, watchHistory } from './continueAsNew';
 import { JobState } from './jobState';
 import { enterQueue, QUEUED_PHASE_PATCH } from './queue';
+import { noteFailure } from './suspects';
 
 type Proxy = ActivityInterfaceFor<Activities>;
 
@@ -127,7 +129,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
     try {
       const train = await scope.run(() =>
         gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer}) attempt ${rec.n}${rec.resume_step ? ` from step ${rec.resume_step}` : ''}` }, [
-          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded() },
+          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded(), skip: job.suspects.skipList() },
         ]),
       );
       history.stop();
@@ -157,6 +159,8 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
       if (err instanceof ActivityFailure && err.cause instanceof TimeoutFailure) job.learnFromHeartbeat(rec, err.cause.lastHeartbeatDetails);
       job.endAttempt(rec, c.kind === 'interruption' ? 'interrupted' : 'failed', c.cause);
       if (c.kind === 'fatal') throw err;
+      const suspect = noteFailure(job.suspects, rec.n, c.kind, err, c.cause);
+      if (suspect) log.warn(`${job.jobId}: attempt ${rec.n} failed right after resuming from checkpoint step ${suspect.step} (${suspect.path}); ${suspect.quarantined ? 'quarantined: no attempt resumes from it again' : 'suspect: the next attempt resumes from the previous one'}`);
       const progressed = (job.lastCheckpoint?.step ?? 0) > rec.resume_step;
       const delay = budget.charge(c.kind, progressed, c.message, Date.now());
       job.interruptions = budget.interruptions;

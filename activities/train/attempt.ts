@@ -9,7 +9,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { KilnConfig } from '../../src/config/load';
 import type { Logger } from '../../src/logger';
 import { ErrorType } from '../../src/shared/errors';
-import type { CheckpointRef, ProgressReport, TrainHeartbeat } from '../../src/shared/progress';
+import type { CheckpointRef, ProgressReport, SkippedCheckpoint, SkipRef, TrainHeartbeat } from '../../src/shared/progress';
 import type { PreparedJob } from '../../src/shared/spec';
 import { killRecordedTrainer, pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
 import { selectKept } from '../../src/supervisor/retention';
@@ -34,6 +34,8 @@ export interface TrainInput {
    * attempt on another host knows what it should resume from. Absent in older histories.
    */
   recorded?: { checkpoints: CheckpointRef[]; step: number; workerId: string | null };
+  /** Checkpoints an earlier attempt failed on right after resuming (suspect) or twice (quarantined): never the resume point. */
+  skip?: SkipRef[];
 }
 
 /** One attempt of a train activity, once it owns the work dir. */
@@ -60,6 +62,8 @@ export interface TrainAttempt {
   fence: StoreFence | null;
   /** Every recorded checkpoint was unreachable and this attempt starts from step 0 (onLostCheckpoints: restart). */
   restartedFromScratch: ProgressReport['restartedFromScratch'];
+  /** Newer recorded checkpoints this attempt stepped over: changed on disk since they were verified. */
+  skippedCheckpoints: SkippedCheckpoint[];
 }
 
 /** Starts the attempt; a disk error on the job's files fails only this attempt (JobIoError). */
@@ -131,7 +135,7 @@ async function takeOver(deps: GpuDeps, ctx: Context, input: TrainInput): Promise
   dropJournals(workDir, gen);
   const resumedFrom = resume.resumedFrom ?? baseCheckpoint(deps.config, p);
   const journal = journalFile(workDir, gen, attempt);
-  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints, restartedFromScratch, fence };
+  return { input, p, jobId, attempt, workerId, log, t0, workDir, trainer, lease, gen, journal, pidfile, resumedFrom, checkpoints, restartedFromScratch, fence, skippedCheckpoints: resume.skipped ?? [] };
 }
 
 /** With shared storage, the lease object fences attempts on hosts that share no disk. */
@@ -161,11 +165,12 @@ async function findResumePoint(
   if (deps.store) {
     const beat = (recorded: CheckpointRef[]) =>
       ctx.heartbeat({ ...waitingHeartbeat({ attempt: o.attempt, workerId: deps.workerId, resumedFrom: heartbeat?.lastCheckpoint ?? null, checkpoints: [...recorded].reverse() }), step: heartbeat?.step ?? 0 });
-    const r = await resumeFromStore(deps.store, { ctx, jobId: input.prepared.jobId, workDir, log, heartbeat, resumeFrom: input.resumeFrom, beat });
+    const r = await resumeFromStore(deps.store, { ctx, jobId: input.prepared.jobId, workDir, log, heartbeat, resumeFrom: input.resumeFrom, beat, skip: input.skip });
     return { resume: { resumedFrom: r.resumedFrom, checkpoints: r.checkpoints, adopted: [] }, recorded: r.recorded };
   }
   const recorded = recordedCheckpoints([readManifest(workDir), heartbeat?.checkpoints ?? [], input.resumeFrom ? [input.resumeFrom] : []]).filter((c) => insideDir(workDir, c.path));
-  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => deps.isPinned(cp), log, gen: o.gen });
+  const quarantined = new Set((input.skip ?? []).filter((s) => s.quarantined).map((s) => s.path));
+  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => quarantined.has(cp) || deps.isPinned(cp), log, gen: o.gen, skip: input.skip });
   return { resume, recorded };
 }
 

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import type { CheckpointRef } from '../../src/shared/progress';
 import type { TrainResult } from '../../src/shared/summary';
 import type { TrainerEvent } from '../../src/supervisor/protocol';
+import { digestCheckpoint, type CheckpointDigest } from '../../src/supervisor/checkpointDigest';
 import { selectKept } from '../../src/supervisor/retention';
 import { insideDir, writeManifest } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
@@ -20,7 +21,9 @@ const VALIDATION_SPLITS = new Set(['validation', 'val', 'eval']);
 export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: TrainProgress, channel: ProgressChannel, uploader?: CheckpointUploader | null): (e: TrainerEvent) => void {
   const { log, workDir, jobId } = a;
   // The pause checkpoint and the base checkpoint are what this attempt started from: never pruned.
-  const pinned = new Set<string>([...(a.input.resumeFrom ? [a.input.resumeFrom.path] : []), ...(a.p.spec.baseCheckpoint ? [a.p.spec.baseCheckpoint] : [])]);
+  // Nor are quarantined ones (kept for inspection until the job ends).
+  const quarantined = (a.input.skip ?? []).filter((s) => s.quarantined).map((s) => s.path);
+  const pinned = new Set<string>([...(a.input.resumeFrom ? [a.input.resumeFrom.path] : []), ...(a.p.spec.baseCheckpoint ? [a.p.spec.baseCheckpoint] : []), ...quarantined]);
   const isPinned = (cp: string): boolean => pinned.has(cp) || deps.isPinned(cp);
 
   const onCheckpoint = (e: Extract<TrainerEvent, { type: 'checkpoint' }>) => {
@@ -42,7 +45,19 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
     const ref: CheckpointRef = { step: e.step, path: cp, metrics: { ...progress.metrics, ...e.metrics } };
     // With shared storage the checkpoint is verified only once uploaded; until then it is not a resume point.
     if (uploader) uploader.enqueue(ref);
-    else verified(ref);
+    else verifiedLocal(ref);
+  };
+
+  /** Local storage: the size and sha256 go into the manifest, checked again before a resume. */
+  const verifiedLocal = (ref: CheckpointRef) => {
+    let digest: CheckpointDigest;
+    try {
+      digest = digestCheckpoint(ref.path);
+    } catch (err) {
+      log.warn({ path: ref.path, err: err instanceof Error ? err.message : String(err) }, 'trainer announced a checkpoint that cannot be read; ignored');
+      return;
+    }
+    verified({ ...ref, ...digest });
   };
 
   /** A verified checkpoint: retention (local copies, and stored objects), the manifest, a heartbeat. */

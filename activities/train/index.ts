@@ -48,6 +48,7 @@ async function runAttempt(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise
   // Built after the GPU wait: the stall clock starts when the trainer can run.
   const progress = new TrainProgress(a.attempt, a.workerId, a.resumedFrom, a.checkpoints, gpuIds);
   progress.restartedFromScratch = a.restartedFromScratch;
+  progress.skippedCheckpoints = a.skippedCheckpoints;
   const channel = new ProgressChannel(ctx, deps.client.workflow.getHandle(a.jobId, input.runId), progress, a.log, input.reportToken, a.p.progressIntervalMs);
   const errors: { onError: (err: unknown) => void } = { onError: () => undefined };
   const uploader = deps.store

@@ -7,7 +7,7 @@ import type { Context } from '@temporalio/activity';
 import type { WorkflowHandle } from '@temporalio/client';
 import type { Logger } from '../../src/logger';
 import { reportSignal } from '../../src/shared/messages';
-import { progressLine, type CheckpointRef, type GpuTelemetry, type ProgressReport, type TrainHeartbeat } from '../../src/shared/progress';
+import { progressLine, type CheckpointRef, type SkippedCheckpoint, type GpuTelemetry, type ProgressReport, type TrainHeartbeat } from '../../src/shared/progress';
 import { formatDuration } from '../../src/shared/duration';
 import type { TrainResult } from '../../src/shared/summary';
 import { diskBytes } from '../../src/supervisor/retention';
@@ -49,6 +49,8 @@ export class TrainProgress {
   uploadState: () => ProgressReport['upload'] = () => null;
   /** Set when this attempt found every recorded checkpoint unreachable and started from step 0. */
   restartedFromScratch: ProgressReport['restartedFromScratch'] = null;
+  /** Newer checkpoints this attempt did not resume from: changed on disk since they were verified. */
+  skippedCheckpoints: SkippedCheckpoint[] = [];
   private readonly rateWindow: Array<{ t: number; step: number }> = [];
 
   constructor(
@@ -139,6 +141,7 @@ export class TrainProgress {
       lastProgressAt: this.lastProgressAt,
       upload: this.uploadState(),
       restartedFromScratch: this.restartedFromScratch,
+      ...(this.skippedCheckpoints.length ? { skippedCheckpoints: this.skippedCheckpoints } : {}),
       final,
     };
   }

@@ -15,7 +15,7 @@ import type { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from '../../src/logger';
 import { ErrorType } from '../../src/shared/errors';
-import type { CheckpointRef, ProgressReport, TrainHeartbeat } from '../../src/shared/progress';
+import { isSkipped, type CheckpointRef, type ProgressReport, type SkipRef, type TrainHeartbeat } from '../../src/shared/progress';
 import { CheckpointNotVerified, downloadCheckpoint, verifyCheckpoint, type ObjectStore } from '../../src/storage';
 import { insideDir, readManifest } from '../../src/supervisor/workdir';
 import { localPathOf, readStoredManifest } from './upload';
@@ -36,7 +36,7 @@ export function recordedCheckpoints(lists: readonly (readonly CheckpointRef[])[]
 /** Picks (and downloads) the resume checkpoint from storage. */
 export async function resumeFromStore(
   store: ObjectStore,
-  o: { ctx: Context; jobId: string; workDir: string; log: Logger; heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; beat: (recorded: CheckpointRef[]) => void },
+  o: { ctx: Context; jobId: string; workDir: string; log: Logger; heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; beat: (recorded: CheckpointRef[]) => void; skip?: SkipRef[] },
 ): Promise<StoredResume & { recorded: CheckpointRef[] }> {
   const { log, jobId, workDir } = o;
   const stored = await readStoredManifest(store, jobId, log).catch(() => []);
@@ -52,6 +52,12 @@ export async function resumeFromStore(
     }
     const prefix = c.uri!.slice(store.uri.length + 1);
     const ref: CheckpointRef = { ...c, path: local };
+    const skip = isSkipped(ref, o.skip) ?? isSkipped(c, o.skip);
+    if (skip && !resumedFrom) {
+      log.warn({ step: c.step, uri: c.uri, quarantined: skip.quarantined }, `checkpoint is ${skip.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
+      if (!skip.quarantined) checkpoints.push(ref);
+      continue;
+    }
     if (resumedFrom) {
       if ((await verifyCheckpoint(store, prefix)).verified) checkpoints.push(ref);
       continue;

@@ -208,7 +208,7 @@ async function outcome(a: TrainAttempt, run: TrainRun, stop: TrainerStop, code: 
     throw ApplicationFailure.nonRetryable(`trainer not found: ${cannotStart.slice('kiln shim: '.length)} (trainers.${p.spec.trainer}.command; kiln config check names every broken command)`, ErrorType.TrainerNotFound, { exitCode: code, logTail: tail });
   }
   if (code !== ExitCode.ok) {
-    throw ApplicationFailure.retryable(`trainer ${describeExit(code)} at step ${progress.step}:\n${tail}`, ErrorType.TrainerFailed, { exitCode: code, step: progress.step, logTail: tail });
+    throw ApplicationFailure.retryable(`trainer ${describeExit(code)} at step ${progress.step}:\n${tail}`, ErrorType.TrainerFailed, { exitCode: code, step: progress.step, logTail: tail, resumedFrom: progress.resumedFrom, firstStep: progress.firstStep });
   }
   return progress.result(Date.now() - a.t0);
 }

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { EXIT, die, warn, events } from './protocol.mjs';
 import { serializeCheckpoint } from './checkpoint.mjs';
 
-const FAULTS = ['crash', 'hang', 'exit2', 'garbage', 'truncate'];
+const FAULTS = ['crash', 'hang', 'exit2', 'garbage', 'truncate', 'poison'];
 
 export const FAULT_DEFAULTS = Object.freeze({
   fault: null,
@@ -51,6 +51,16 @@ export class Faults {
       die(EXIT.FAILED, `injected fault: truncated checkpoint ${checkpoints.path(next)} at step ${step}, exiting`);
     }
     if (this.firesAt(step, 'exit2')) die(EXIT.INVALID, `injected fault: exit 2 at step ${step}`);
+    if (this.firesAt(step, 'poison')) {
+      // A checkpoint that was bad when it was announced (its own sha256 is wrong): complete on disk, so
+      // Kiln verifies it, but no later attempt can resume from it.
+      const doc = JSON.parse(serializeCheckpoint(checkpoints.payload(step)));
+      doc.sha256 = '0'.repeat(64);
+      fs.writeFileSync(`${checkpoints.path(step)}.tmp`, JSON.stringify(doc));
+      fs.renameSync(`${checkpoints.path(step)}.tmp`, checkpoints.path(step));
+      events.emit({ type: 'checkpoint', step, path: checkpoints.path(step), metrics: {} });
+      die(EXIT.FAILED, `injected fault: announced a poisoned checkpoint ${checkpoints.path(step)} at step ${step}, exiting`);
+    }
   }
 
   /**

@@ -153,6 +153,8 @@ function progressLines(p: JobProgress): string[] {
   if (Object.keys(p.validation).length) lines.push(`  validation: ${fmtMetrics(p.validation)}`);
   if (p.cancelReason) lines.push(`  cancelled:  ${p.cancelReason}`);
   if (p.restartedFromScratch) lines.push(`  lost work:  attempt ${p.restartedFromScratch.attempt} restarted from step 0, ${p.restartedFromScratch.stepsLost} steps lost: ${p.restartedFromScratch.reason.split('\n')[0]}`);
+  for (const s of p.suspectCheckpoints ?? []) lines.push(`  ${s.quarantined ? 'quarantine' : 'suspect'}: step ${s.step} ${s.path}: attempt(s) ${s.failedAttempts.join(', ')} failed right after resuming from it${s.quarantined ? '; never resumed from again' : ''} (${s.cause})`);
+  for (const k of p.skippedCheckpoints ?? []) lines.push(`  bad ckpt:   step ${k.step} ${k.path}: ${k.problem}; attempt ${k.attempt} resumed from an earlier one`);
   // Older runs answer without these fields.
   for (const a of p.attemptLog ?? []) lines.push(`  attempt ${a.n}:  ${attemptLine(a)}`);
   if (p.ignoredMessages) lines.push(`  ignored:    ${p.ignoredMessages} message(s) the job dropped; last: ${p.lastIgnored}`);
@@ -178,6 +180,8 @@ function summaryLines(r: JobSummary): string[] {
   if (r.session_info.cancellation_reason && r.outcome === 'cancelled') lines.push(`  reason:     ${r.session_info.cancellation_reason}`);
   const lost = r.session_info.restarted_from_scratch;
   if (lost) lines.push(`  lost work:  attempt ${lost.attempt} restarted from step 0, ${lost.steps_lost} steps lost: ${lost.reason.split('\n')[0]}`);
+  for (const s of r.session_info.suspect_checkpoints ?? []) lines.push(`  ${s.quarantined ? 'quarantine' : 'suspect'}: step ${s.step} ${s.path}: attempt(s) ${s.failed_attempts.join(', ')} failed right after resuming from it${s.quarantined ? '; never resumed from again' : ''} (${s.cause})`);
+  for (const k of r.session_info.skipped_checkpoints ?? []) lines.push(`  bad ckpt:   step ${k.step} ${k.path}: ${k.problem}; attempt ${k.attempt} resumed from an earlier one`);
   // The whole message: the cause, then the trainer's log tail it quotes.
   if (r.session_info.failure) lines.push(`  failure:    ${r.session_info.failure.trimEnd().split('\n').join('\n              ')}`);
   return lines;

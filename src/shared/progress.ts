@@ -21,7 +21,30 @@ export type GpuTelemetry = z.infer<typeof GpuTelemetrySchema>;
  * A verified checkpoint: the local path the trainer wrote (and a resume restores it to) and, with
  * `storage.kind: s3`, the storage URI it was uploaded and verified under (`s3://bucket/prefix/jobs/…`).
  */
-export const CheckpointRefSchema = z.object({ step: z.number().int().min(0), path: z.string().max(4096), metrics, uri: z.string().max(4096).optional() });
+export const CheckpointRefSchema = z.object({
+  step: z.number().int().min(0),
+  path: z.string().max(4096),
+  metrics,
+  uri: z.string().max(4096).optional(),
+  /** Size and sha256 recorded when the checkpoint was verified (sha256 only up to 256 MiB), checked before resuming. */
+  bytes: z.number().int().min(0).optional(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+});
+/** A recorded checkpoint an attempt did not resume from because it no longer matched what was verified. */
+export const SkippedCheckpointSchema = z.object({ step: z.number().int().min(0), path: z.string().max(4096), problem: z.string().max(1000) });
+export type SkippedCheckpoint = z.infer<typeof SkippedCheckpointSchema>;
+
+/** A checkpoint the workflow tells an attempt not to resume from (suspect or quarantined: workflows/suspects.ts). */
+export interface SkipRef {
+  path: string;
+  sha256?: string;
+  quarantined: boolean;
+}
+
+/** The skip-list entry naming this checkpoint (same path; same sha256 where both are known), or null. */
+export function isSkipped(c: { path: string; sha256?: string }, skip: readonly SkipRef[] | undefined): SkipRef | null {
+  return skip?.find((s) => s.path === c.path && (s.sha256 === undefined || c.sha256 === undefined || s.sha256 === c.sha256)) ?? null;
+}
 export type CheckpointRef = z.infer<typeof CheckpointRefSchema>;
 
 /**
@@ -56,6 +79,8 @@ export const ProgressReportSchema = z.object({
   upload: z.object({ step: z.number().int().min(0), doneBytes: num, totalBytes: num, queued: z.number().int().min(0) }).nullable().optional(),
   /** This attempt found every recorded checkpoint unreachable and started over (onLostCheckpoints: restart). */
   restartedFromScratch: z.object({ stepsLost: z.number().int().min(0), reason: z.string().max(4000) }).nullable().optional(),
+  /** Recorded checkpoints this attempt stepped over: changed on disk since they were verified. */
+  skippedCheckpoints: z.array(SkippedCheckpointSchema).max(100).optional(),
   /** Final report of an attempt ended by cancel/pause: the checkpoint it saved on SIGTERM. */
   final: z.boolean().optional(),
 });

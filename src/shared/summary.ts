@@ -58,6 +58,10 @@ export interface JobSummary {
     resume: { from_step: number; first_step: number | null } | null;
     /** Set when an attempt found every recorded checkpoint unreachable and trained from step 0 (onLostCheckpoints: restart). */
     restarted_from_scratch?: { attempt: number; steps_lost: number; reason: string };
+    /** Checkpoints an attempt did not resume from: changed on disk since they were verified. */
+    skipped_checkpoints?: { attempt: number; step: number; path: string; problem: string }[];
+    /** Checkpoints attempts failed on right after resuming from them: suspect once, quarantined (never resumed from) twice. */
+    suspect_checkpoints?: { step: number; path: string; failed_attempts: number[]; quarantined: boolean; cause: string }[];
   };
 }
 
@@ -107,6 +111,10 @@ export interface JobProgress {
   lastIgnored: string | null;
   /** An attempt found every checkpoint unreachable and started over from step 0. */
   restartedFromScratch?: { attempt: number; stepsLost: number; reason: string } | null;
+  /** Checkpoints an attempt stepped over: changed on disk since they were verified. */
+  skippedCheckpoints?: { attempt: number; step: number; path: string; problem: string }[];
+  /** Checkpoints attempts failed on right after resuming from them. */
+  suspectCheckpoints?: { step: number; path: string; failedAttempts: number[]; quarantined: boolean; cause: string }[];
   line: string;
   summary: JobSummary | null;
 }

@@ -17,7 +17,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Info } from '@temporalio/activity';
 import type { Logger } from '../logger';
-import type { CheckpointRef, TrainHeartbeat } from '../shared/progress';
+import { isSkipped, type CheckpointRef, type SkippedCheckpoint, type SkipRef, type TrainHeartbeat } from '../shared/progress';
+import { checkpointMismatch } from './checkpointDigest';
 import { diskBytes } from './retention';
 import { readJournal, writeFileAtomic } from './shimio';
 
@@ -249,6 +250,8 @@ export interface ResumePoint {
   checkpoints: CheckpointRef[];
   /** Checkpoints adopted from earlier attempts' journals that the manifest did not have. */
   adopted: CheckpointRef[];
+  /** Newer checkpoints stepped over: changed on disk since they were verified. */
+  skipped?: SkippedCheckpoint[];
 }
 
 /**
@@ -258,11 +261,15 @@ export interface ResumePoint {
  */
 export function chooseResumePoint(
   workDir: string,
-  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number },
+  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[] },
 ): ResumePoint {
   const { log } = o;
   const known = new Map<string, CheckpointRef>();
-  for (const c of [...readManifest(workDir), ...(o.heartbeat?.checkpoints ?? []), ...(o.resumeFrom ? [o.resumeFrom] : [])]) known.set(c.path, c);
+  for (const c of [...readManifest(workDir), ...(o.heartbeat?.checkpoints ?? []), ...(o.resumeFrom ? [o.resumeFrom] : [])]) {
+    // Whichever record of a checkpoint carries its verified size and sha256 keeps them.
+    const prev = known.get(c.path);
+    known.set(c.path, c.bytes === undefined && prev?.bytes !== undefined ? { ...c, bytes: prev.bytes, sha256: prev.sha256 } : c);
+  }
   const adopted: CheckpointRef[] = [];
   for (const c of journaledCheckpoints(workDir, o.gen, log)) {
     if (known.has(c.path)) continue;
@@ -273,17 +280,31 @@ export function chooseResumePoint(
   const swept = sweepUnannounced(checkpointDir(workDir), candidates, o.isPinned);
   if (swept.length) log.warn({ removed: swept }, 'removed checkpoints an earlier attempt wrote but never announced');
   let resumedFrom: CheckpointRef | null = null;
+  const skipped: SkippedCheckpoint[] = [];
   for (const c of candidates) {
     if (!insideDir(workDir, c.path)) {
       log.warn({ path: c.path }, 'ignoring a resume checkpoint outside the job dir');
       continue;
     }
-    if (fs.existsSync(c.path)) {
-      resumedFrom = c;
-      break;
+    if (!fs.existsSync(c.path)) {
+      log.warn({ path: c.path, step: c.step }, 'checkpoint to resume from is missing; trying the previous one');
+      continue;
     }
-    log.warn({ path: c.path, step: c.step }, 'checkpoint to resume from is missing; trying the previous one');
+    const suspect = isSkipped(c, o.skip);
+    if (suspect) {
+      log.warn({ path: c.path, step: c.step, quarantined: suspect.quarantined }, `checkpoint is ${suspect.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
+      continue;
+    }
+    const problem = checkpointMismatch(c.path, c);
+    if (problem) {
+      log.warn({ path: c.path, step: c.step, problem }, 'checkpoint changed since it was verified; not resuming from it, trying the previous one');
+      skipped.push({ step: c.step, path: c.path, problem });
+      continue;
+    }
+    resumedFrom = c;
+    break;
   }
-  const checkpoints = candidates.filter((c) => fs.existsSync(c.path) && insideDir(workDir, c.path)).sort((a, b) => a.step - b.step);
-  return { resumedFrom, checkpoints, adopted };
+  const bad = new Set(skipped.map((s) => s.path));
+  const checkpoints = candidates.filter((c) => fs.existsSync(c.path) && insideDir(workDir, c.path) && !bad.has(c.path)).sort((a, b) => a.step - b.step);
+  return { resumedFrom, checkpoints, adopted, skipped };
 }

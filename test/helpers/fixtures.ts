@@ -17,7 +17,7 @@ export const EXAMPLE_TRAINER_PARAMS = `
       checkpoint_write_ms: { type: integer, min: 0, max: 60000 }
       samples: { type: integer, min: 50, max: 100000 }
       dataset: { type: enum, values: [spirals, blobs], default: spirals }
-      fault: { type: enum, values: [crash, hang, exit2, garbage, truncate] }
+      fault: { type: enum, values: [crash, hang, exit2, garbage, truncate, poison] }
       fault_at_step: { type: integer, min: 0 }
       fault_attempts: { type: array, items: integer }`;
 
