@@ -105,7 +105,9 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.match(evalLog, /evaluate .*: val_loss \d\.\d+ accuracy \d\.\d+ on \d+ held-out points/);
     const history = await env.client.workflow.getHandle(first.jobId).fetchHistory();
     const scheduled = (history.events ?? []).map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name).filter(Boolean);
-    assert.deepEqual(scheduled, ['prepareJob', 'train', 'evaluate', 'registerVersion']);
+    // poolUse is the queued phase's look at the pool while the train attempt waits for a slot.
+    assert.deepEqual(scheduled.filter((n) => n !== 'poolUse'), ['prepareJob', 'train', 'evaluate', 'registerVersion']);
+    assert.ok(scheduled.indexOf('poolUse') < scheduled.indexOf('evaluate'), `poolUse only while training waits (${scheduled.join(', ')})`);
 
     // Lineage, metrics and pins on the stored version.
     const v1 = await versionOf(first);
@@ -198,9 +200,11 @@ describe('pipeline: evaluate, register, promote', () => {
     const s = (await h.result()) as JobSummary;
     // The wait ended by its own 3 s timer firing, not by a signal.
     const events = (await h.fetchHistory()).events ?? [];
-    const timer = events.find((e) => e.timerStartedEventAttributes)!;
+    // The approval wait is the job's last timer (the queued phase's pool look-ups come before training).
+    const timer = events.filter((e) => e.timerStartedEventAttributes).at(-1)!;
     assert.equal(Number(timer.timerStartedEventAttributes!.startToFireTimeout!.seconds), 3);
-    assert.ok(events.some((e) => e.timerFiredEventAttributes), 'the approval timer fired');
+    const timerId = timer.timerStartedEventAttributes!.timerId;
+    assert.ok(events.some((e) => e.timerFiredEventAttributes?.timerId === timerId), 'the approval timer fired');
     const signals = events.map((e) => e.workflowExecutionSignaledEventAttributes?.signalName).filter(Boolean);
     assert.ok(!signals.includes('approve') && !signals.includes('reject'), `no approval signal was sent (signals: ${signals.join(', ')})`);
     assert.equal(s.registry.stage, 'candidate');
