@@ -84,12 +84,16 @@ function line(o: WatchOptions, event: 'current' | 'change', v: ModelVersion | nu
 }
 
 /** The registry, once it exists (an embedded one is created by the first registered version). */
-async function waitForRegistry(config: KilnConfig, s: ReturnType<typeof stopper>, o: WatchOptions): Promise<ModelRegistry | null> {
+async function waitForRegistry(ctx: CliContext, config: KilnConfig, s: ReturnType<typeof stopper>, o: WatchOptions): Promise<{ reg: ModelRegistry; waited: boolean } | null> {
   let told = false;
   while (!s.stopped()) {
     const reg = await openRegistry(config, { ifExists: true });
-    if (reg) return reg;
-    if (!told) process.stderr.write(`kiln models watch: no registry at ${registryPath(config)} yet; waiting for the first registered version\n`);
+    if (reg) return { reg, waited: told };
+    if (!told) {
+      // Nothing is production yet: every change found once the registry exists is reported as one.
+      ctx.out(line(o, 'current', null, null, null));
+      process.stderr.write(`kiln models watch: no registry at ${registryPath(config)} yet; waiting for the first registered version\n`);
+    }
     told = true;
     await s.sleep(o.intervalMs);
   }
@@ -102,12 +106,12 @@ async function reload(ctx: CliContext, o: WatchOptions, v: ModelVersion, ch: Pro
   if (r.code !== 0) process.stderr.write(`kiln models watch: --exec ${JSON.stringify(o.exec)} for ${o.model} v${v.version} failed: ${describeFailure(r, 0)}; not retried, watching on\n`);
 }
 
-async function follow(ctx: CliContext, o: WatchOptions, reg: ModelRegistry, s: ReturnType<typeof stopper>): Promise<void> {
-  const current = await reg.production(o.model);
-  const all = await reg.productionChanges(o.model, 0);
+async function follow(ctx: CliContext, o: WatchOptions, reg: ModelRegistry, s: ReturnType<typeof stopper>, waited: boolean): Promise<void> {
+  const current = waited ? null : await reg.production(o.model);
+  const all = waited ? [] : await reg.productionChanges(o.model, 0);
   let last = all.at(-1)?.id ?? 0;
   let previous = current?.version ?? null;
-  ctx.out(line(o, 'current', current, current ? (all.filter((c) => c.version === current.version).at(-1) ?? null) : null, null));
+  if (!waited) ctx.out(line(o, 'current', current, current ? (all.filter((c) => c.version === current.version).at(-1) ?? null) : null, null));
   while (!s.stopped()) {
     await s.sleep(o.intervalMs);
     if (s.stopped()) break;
@@ -132,13 +136,13 @@ export async function modelsWatch(ctx: CliContext, argv: string[]): Promise<numb
   const s = stopper();
   process.on('SIGINT', s.stop);
   process.on('SIGTERM', s.stop);
-  const reg = await waitForRegistry(config, s, o);
+  const found = await waitForRegistry(ctx, config, s, o);
   try {
-    if (reg) await follow(ctx, o, reg, s);
+    if (found) await follow(ctx, o, found.reg, s, found.waited);
     return 0;
   } finally {
     process.off('SIGINT', s.stop);
     process.off('SIGTERM', s.stop);
-    await reg?.close();
+    await found?.reg.close();
   }
 }
