@@ -9,7 +9,7 @@ import { formatMetric } from '../registry/promotion';
 import type { ModelRegistry, ModelVersion, Stage } from '../registry/types';
 import { openRegistry, registryPath, registryWhere } from '../registry/open';
 import { runOnPromote } from '../registry/onPromote';
-import { modelsWatch } from './modelsWatch';
+import { MODELS_WATCH_USAGE, modelsWatch } from './modelsWatch';
 import { bool, parseArgs, str, type Parsed } from './args';
 import { defaultBy, guarded, Refused } from './refused';
 import type { CliContext, Verb } from './verb';
@@ -246,7 +246,7 @@ or the PostgreSQL database of registry.url in temporal.yaml, shared by every hos
             version is archived. An incomplete version is refused.
   rollback  re-point production to an earlier version: --to VERSION, or without it the version that
             was production before the current one. Recorded on both versions with the reason.
-  watch     follow the production version: kiln models watch <model> (see kiln models watch --help)
+  watch     follow the production version and run a reload once per change (below)
 
 promote and rollback run the model's promotion.onPromote command (temporal.yaml) once for the change;
 if it fails, the change stands and the command exits 1: repeat the promote to rerun the hook.
@@ -262,7 +262,9 @@ Examples:
   kiln models show spirals 3 --json
   kiln models promote spirals 3 --reason "better on the March holdout"
   kiln models rollback spirals --reason "v4 regressed on live traffic"
-  kiln models rollback spirals --to 2 --reason "back to the last known good" --by ana`;
+  kiln models rollback spirals --to 2 --reason "back to the last known good" --by ana
+
+${MODELS_WATCH_USAGE}`;
 
 async function modelsCommand(ctx: CliContext): Promise<number> {
   const [sub, ...rest] = ctx.argv;
