@@ -9,6 +9,7 @@ import { ErrorType } from '../src/shared/errors';
 import type { PreparedJob } from '../src/shared/spec';
 import type { TrainResult } from '../src/shared/summary';
 import { evaluatePromotion } from '../src/registry/promotion';
+import { runOnPromote } from '../src/registry/onPromote';
 import { RegistryError, type ModelRegistry, type ModelVersion } from '../src/registry/types';
 import type { CommonDeps } from './deps';
 
@@ -66,9 +67,27 @@ export interface RegistryHooks {
 
 export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks = {}) {
   return {
-    registerVersion: (input: RegisterVersionInput): Promise<RegisterVersionResult> => registerVersion(deps, hooks, input),
-    resolveApproval: (a: ResolveApprovalInput): Promise<{ stage: string; decision: string }> => resolveApproval(deps, a),
+    registerVersion: async (input: RegisterVersionInput): Promise<RegisterVersionResult> =>
+      withOnPromote(deps, input.prepared.spec.model, await registerVersion(deps, hooks, input)),
+    resolveApproval: async (a: ResolveApprovalInput): Promise<{ stage: string; decision: string }> => withOnPromote(deps, a.model, { version: a.version, ...(await resolveApproval(deps, a)) }),
   };
+}
+
+/**
+ * A version that is production after the activity's write gets the model's onPromote hook, once per
+ * production change (the registry records it): a retried activity finds the promotion done and the
+ * hook recorded, and repeats neither. A failing hook fails the attempt (retried, logged).
+ */
+async function withOnPromote<R extends { version: number; stage: string; decision: string }>(deps: CommonDeps, model: string, r: R): Promise<R> {
+  if (r.stage !== 'production') return r;
+  try {
+    const out = await runOnPromote(deps.config, await deps.registry(), model, r.version, deps.workerId);
+    return out.line ? { ...r, decision: `${r.decision}; ${out.line}` } : r;
+  } catch (err) {
+    const attempt = Context.current().info.attempt;
+    deps.log.warn({ model, version: r.version, attempt }, `${(err as Error).message} (activity attempt ${attempt})`);
+    throw err;
+  }
 }
 
 async function registerVersion(deps: CommonDeps, hooks: RegistryHooks, { prepared: p, train, validation, runId }: RegisterVersionInput): Promise<RegisterVersionResult> {

@@ -8,6 +8,8 @@ import { UsageError } from '../shared/errors';
 import { formatMetric } from '../registry/promotion';
 import type { ModelRegistry, ModelVersion, Stage } from '../registry/types';
 import { openRegistry, registryPath, registryWhere } from '../registry/open';
+import { runOnPromote } from '../registry/onPromote';
+import { MODELS_WATCH_USAGE, modelsWatch } from './modelsWatch';
 import { bool, parseArgs, str, type Parsed } from './args';
 import { defaultBy, guarded, Refused } from './refused';
 import type { CliContext, Verb } from './verb';
@@ -178,10 +180,13 @@ async function promote(ctx: CliContext, argv: string[]): Promise<number> {
       const changed = before?.version !== target.version;
       // The registry refuses an incomplete version inside its transaction, so nothing changes.
       const after = await reg!.promote(model, version, { reason, by, kind: 'manual-promote' });
-      const result = { ok: true, model, version, stage: after.stage, changed, previous: before?.version ?? null, reason, by };
+      const hook = await hookFor(ctx, config, reg!, model, version, 'models promote');
+      if (hook.failed) return 1;
+      const result = { ok: true, model, version, stage: after.stage, changed, previous: before?.version ?? null, reason, by, ...(hook.line ? { onPromote: hook.line } : {}) };
       if (json) ctx.out(JSON.stringify(result));
       else if (!changed) ctx.out(`${model} v${version} is already production; nothing changed`);
       else ctx.out(`promoted ${model} v${version} to production${before ? ` (v${before.version} archived)` : ''}: ${reason}`);
+      if (!json && hook.line) ctx.out(hook.line);
       return 0;
     }),
   );
@@ -204,19 +209,37 @@ async function rollback(ctx: CliContext, argv: string[]): Promise<number> {
       const before = versions.find((v) => v.stage === 'production') ?? null;
       const after = await reg!.rollback(model, { to, reason, by });
       const changed = before?.version !== after.version;
-      const result = { ok: true, model, from: before?.version ?? null, to: after.version, stage: after.stage, changed, reason, by };
+      const hook = await hookFor(ctx, config, reg!, model, after.version, 'models rollback');
+      if (hook.failed) return 1;
+      const result = { ok: true, model, from: before?.version ?? null, to: after.version, stage: after.stage, changed, reason, by, ...(hook.line ? { onPromote: hook.line } : {}) };
       if (json) ctx.out(JSON.stringify(result));
       else if (!changed) ctx.out(`${model} v${after.version} is already production; nothing changed`);
       else ctx.out(`rolled back ${model}: production ${before ? `v${before.version}` : '(none)'} → v${after.version}: ${reason}`);
+      if (!json && hook.line) ctx.out(hook.line);
       return 0;
     }),
   );
+}
+
+/**
+ * The model's promotion.onPromote hook for the production change just made (or found: a repeated
+ * promote of the production version runs a hook that failed before, and never one that ran).
+ */
+async function hookFor(ctx: CliContext, config: KilnConfig, reg: ModelRegistry, model: string, version: number, verb: string): Promise<{ line: string | null; failed: boolean }> {
+  try {
+    const out = await runOnPromote(config, reg, model, version, `cli:${defaultBy()}`);
+    return { line: out.line, failed: false };
+  } catch (err) {
+    process.stderr.write(`kiln ${verb}: ${(err as Error).message}; retry it with: kiln models promote ${model} ${version} --reason "rerun onPromote"\n`);
+    return { line: null, failed: true };
+  }
 }
 
 const MODELS_USAGE = `kiln models list [--model M] [--stage candidate|production|archived] [--json]
 kiln models show <model> [version] [--json]
 kiln models promote <model> <version> --reason TEXT [--by NAME] [--json]
 kiln models rollback <model> [--to VERSION] --reason TEXT [--by NAME] [--json]
+kiln models watch <model> [--stage production] [--interval 1s] [--json] [--exec CMD ARG...]
 
 The model registry: <state folder>/registry.sqlite (KILN_HOME overrides state.home in temporal.yaml),
 or the PostgreSQL database of registry.url in temporal.yaml, shared by every host.
@@ -229,6 +252,10 @@ or the PostgreSQL database of registry.url in temporal.yaml, shared by every hos
             version is archived. An incomplete version is refused.
   rollback  re-point production to an earlier version: --to VERSION, or without it the version that
             was production before the current one. Recorded on both versions with the reason.
+  watch     follow the production version and run a reload once per change (below)
+
+promote and rollback run the model's promotion.onPromote command (temporal.yaml) once for the change;
+if it fails, the change stands and the command exits 1: repeat the promote to rerun the hook.
 
 Unknown models or versions and incomplete versions are refused with exit 1 and nothing changes;
 with --json the refusal is {"ok":false,"error":{"code":...,"message":...}} on stdout.
@@ -241,7 +268,9 @@ Examples:
   kiln models show spirals 3 --json
   kiln models promote spirals 3 --reason "better on the March holdout"
   kiln models rollback spirals --reason "v4 regressed on live traffic"
-  kiln models rollback spirals --to 2 --reason "back to the last known good" --by ana`;
+  kiln models rollback spirals --to 2 --reason "back to the last known good" --by ana
+
+${MODELS_WATCH_USAGE}`;
 
 async function modelsCommand(ctx: CliContext): Promise<number> {
   const [sub, ...rest] = ctx.argv;
@@ -254,9 +283,11 @@ async function modelsCommand(ctx: CliContext): Promise<number> {
       return promote(ctx, rest);
     case 'rollback':
       return rollback(ctx, rest);
+    case 'watch':
+      return modelsWatch(ctx, rest);
     default:
-      throw new UsageError(`kiln models: ${sub ? `unknown sub-command "${sub}"` : 'say what to do'}: list, show, promote or rollback (see kiln models --help)`);
+      throw new UsageError(`kiln models: ${sub ? `unknown sub-command "${sub}"` : 'say what to do'}: list, show, promote, rollback or watch (see kiln models --help)`);
   }
 }
 
-export const modelsVerb: Verb = { summary: 'the model registry: list, show, promote, rollback', usage: MODELS_USAGE, run: modelsCommand };
+export const modelsVerb: Verb = { summary: 'the model registry: list, show, promote, rollback, watch', usage: MODELS_USAGE, run: modelsCommand };

@@ -138,6 +138,8 @@ export const PromotionSchema = z.strictObject({
   improvementKind: z.enum(['absolute', 'relative']).default('absolute'),
   mode: z.enum(['auto', 'approval']).default('auto'),
   approvalTimeout: duration('approval timeout').default(86_400_000),
+  /** Argv (no shell) run once per production change: promotion, approval, manual promote, rollback (src/registry/onPromote.ts). */
+  onPromote: z.array(z.string().min(1)).min(1).optional(),
 });
 
 export const RetentionSchema = z.strictObject({

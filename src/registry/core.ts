@@ -14,6 +14,7 @@ import {
   ModelRegistry,
   ModelVersion,
   PromoteOptions,
+  ProductionChange,
   RegisterInput,
   RegisterResult,
   RegistryError,
@@ -221,6 +222,20 @@ async function rollbackIn(tx: Tx, model: string, opts: RollbackOptions): Promise
   return makeProduction(tx, target, 'rollback', `rollback from ${from}: ${opts.reason}`, opts.by ?? null, (v) => `rolled back to v${v}: ${opts.reason}`);
 }
 
+interface ChangeRow {
+  id: number;
+  model: string;
+  version: number;
+  at: string;
+  ran: number | null;
+}
+
+const CHANGES = `SELECT h.id, v.model, v.version, h.at, p.change_id AS ran FROM stage_history h
+  JOIN model_versions v ON v.id = h.version_id LEFT JOIN promotion_hooks p ON p.change_id = h.id
+  WHERE v.model = ? AND h.stage = 'production'`;
+
+const change = (r: ChangeRow): ProductionChange => ({ id: Number(r.id), model: r.model, version: Number(r.version), at: r.at, hookRan: r.ran !== null });
+
 /** The registry over a driver: the same semantics on every backend. */
 export class SqlModelRegistry implements ModelRegistry {
   constructor(protected readonly driver: Driver) {}
@@ -318,6 +333,23 @@ export class SqlModelRegistry implements ModelRegistry {
     return this.driver.read(async (tx) => {
       const row = await tx.get<{ created_at: string }>('SELECT created_at FROM model_versions WHERE model = ? ORDER BY version DESC LIMIT 1', [model]);
       return row ? row.created_at : null;
+    });
+  }
+
+  productionChange(model: string, version: number): Promise<ProductionChange | null> {
+    return this.driver.read(async (tx) => (await tx.all<ChangeRow>(`${CHANGES} AND v.version = ? ORDER BY h.id DESC LIMIT 1`, [model, version])).map(change)[0] ?? null);
+  }
+
+  productionChanges(model: string, afterId: number): Promise<ProductionChange[]> {
+    return this.driver.read(async (tx) => (await tx.all<ChangeRow>(`${CHANGES} AND h.id > ? ORDER BY h.id`, [model, afterId])).map(change));
+  }
+
+  recordHookRun(change: ProductionChange, by: string): Promise<boolean> {
+    return this.driver.write(async (tx) => {
+      const had = await tx.get('SELECT 1 AS one FROM promotion_hooks WHERE change_id = ?', [change.id]);
+      if (had) return false;
+      await tx.run('INSERT INTO promotion_hooks (change_id, model, version, ran_at, ran_by) VALUES (?, ?, ?, ?, ?)', [change.id, change.model, change.version, new Date().toISOString(), by]);
+      return true;
     });
   }
 

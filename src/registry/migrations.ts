@@ -64,6 +64,20 @@ export const MIGRATIONS: readonly Migration[] = [
       INSERT INTO stage_history (version_id, stage, at) SELECT id, stage, created_at FROM model_versions ORDER BY id;
     `,
   },
+  {
+    version: 3,
+    name: 'promotion-hooks',
+    sql: `
+      -- One row per production change (a stage_history row) whose onPromote hook has run.
+      CREATE TABLE promotion_hooks (
+        change_id  INTEGER PRIMARY KEY REFERENCES stage_history (id),
+        model      TEXT    NOT NULL,
+        version    INTEGER NOT NULL,
+        ran_at     TEXT    NOT NULL,
+        ran_by     TEXT    NOT NULL
+      );
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

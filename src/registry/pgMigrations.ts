@@ -57,6 +57,19 @@ export const PG_MIGRATIONS: readonly Migration[] = [
       INSERT INTO stage_history (version_id, stage, at) SELECT id, stage, created_at FROM model_versions ORDER BY id;
     `,
   },
+  {
+    version: 3,
+    name: 'promotion-hooks',
+    sql: `
+      CREATE TABLE promotion_hooks (
+        change_id  INTEGER PRIMARY KEY REFERENCES stage_history (id),
+        model      TEXT    NOT NULL,
+        version    INTEGER NOT NULL,
+        ran_at     TEXT    NOT NULL,
+        ran_by     TEXT    NOT NULL
+      );
+    `,
+  },
 ];
 
 export const PG_SCHEMA_VERSION = PG_MIGRATIONS.length;

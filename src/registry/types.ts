@@ -88,6 +88,17 @@ export interface RollbackOptions {
   by?: string | null;
 }
 
+/** One change of a model's production version (a promotion, approval, manual promote or rollback). */
+export interface ProductionChange {
+  /** The stage-change id (stage_history row): the key the onPromote hook is idempotent by. */
+  id: number;
+  model: string;
+  version: number;
+  at: string;
+  /** The onPromote hook has run for this change (promotion_hooks). */
+  hookRan: boolean;
+}
+
 export interface ListFilter {
   model?: string;
   stage?: Stage;
@@ -155,6 +166,12 @@ export interface ModelRegistry {
   isPinned(path: string): Promise<boolean>;
   /** createdAt of the newest version of the model, or null if it has none. */
   lastTrainedAt(model: string): Promise<string | null>;
+  /** The latest change that made (model, version) production, or null if it never was. */
+  productionChange(model: string, version: number): Promise<ProductionChange | null>;
+  /** The model's production changes with a stage-change id above `afterId`, oldest first. */
+  productionChanges(model: string, afterId: number): Promise<ProductionChange[]>;
+  /** Records that the onPromote hook ran for a change; false when it was recorded already. */
+  recordHookRun(change: ProductionChange, by: string): Promise<boolean>;
   /** The schema version the database is at (after migrations). */
   schemaVersion(): Promise<number>;
   close(): Promise<void>;
