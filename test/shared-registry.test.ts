@@ -17,6 +17,7 @@ import type { CommonDeps } from '../activities/deps';
 import { createPrepareJob } from '../activities/prepare';
 import { buildSpec } from '../src/config/spec';
 import { openRegistry } from '../src/registry/open';
+import { PG_SCHEMA_VERSION } from '../src/registry/pgMigrations';
 import { defaultConfigYaml, startKilnEnv, type KilnTestEnv } from './helpers/kiln';
 import { motoCommand, startMoto, type MotoServer } from './helpers/moto';
 import { noPostgres, startPostgres, type PgCluster } from './helpers/postgres';
@@ -141,7 +142,7 @@ describe('shared registry on PostgreSQL, doctor storage and registry checks', { 
     assert.equal(good.storage.status, 'ok', JSON.stringify(good.storage));
     assert.match(good.storage.detail, new RegExp(`s3://${bucket}.*conditional writes refused as they must be, deleted`));
     assert.equal(good.registry.status, 'ok', JSON.stringify(good.registry));
-    assert.match(good.registry.detail, /PostgreSQL postgres:\/\/kiln:\*\*\*@127\.0\.0\.1:\d+\/kiln_e2e: schema version 2/);
+    assert.match(good.registry.detail, new RegExp(`PostgreSQL postgres://kiln:\\*\\*\\*@127\\.0\\.0\\.1:\\d+/kiln_e2e: schema version ${PG_SCHEMA_VERSION}\\b`));
     const left = await fetch(`${moto.endpoint}/${bucket}?list-type=2`).then((r) => r.text());
     assert.doesNotMatch(left, /<Key>/, 'the probe object was deleted');
 
