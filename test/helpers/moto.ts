@@ -3,7 +3,7 @@
  * one per test file (`.ci/run` installs `moto[server]`). Stopped by pid at the end.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import * as net from 'node:net';
+import { freePort } from '../../src/temporal/devServer';
 
 export interface MotoServer {
   endpoint: string;
@@ -11,17 +11,6 @@ export interface MotoServer {
   /** Environment for clients: dummy credentials moto accepts. */
   env: Record<string, string>;
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** The moto_server command, or null when moto[server] is not installed (tests then skip, saying so). */

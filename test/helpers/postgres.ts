@@ -7,10 +7,10 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Client } from 'pg';
+import { freePort } from '../../src/temporal/devServer';
 
 export interface PgCluster {
   /** postgres://kiln:<password>@127.0.0.1:<port>/<db> for a database owned by the kiln role. */
@@ -42,17 +42,6 @@ export function noPostgres(): string | false {
   if (!bindir()) return 'PostgreSQL server binaries not found (pg_config --bindir has no initdb): install postgresql-15';
   if (process.getuid?.() === 0 && spawnSync('id', ['-u', 'postgres'], { stdio: 'ignore' }).status !== 0) return 'running as root and there is no postgres user to run initdb as';
   return false;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function pidAlive(pid: number): boolean {
