@@ -5,12 +5,10 @@
  * (moto over HTTP on 127.0.0.1, one per file) reached directly or through a proxy the test can stall.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { progressQuery } from '../src/shared/messages';
 import type { JobProgress, JobSummary } from '../src/shared/summary';
@@ -23,14 +21,13 @@ import { StoreFence } from '../activities/train/fence';
 import { createLogger } from '../src/logger';
 import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
 import { defaultConfigYaml, EXAMPLE_TRAINER, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
-import { motoCommand, startMoto, type MotoServer } from './helpers/moto';
+import { createBucket, hostProcesses, hostsSkipReason, hostWrap, s3StorageYaml } from './helpers/hosts';
+import { startMoto, type MotoServer } from './helpers/moto';
 import { runKiln } from './helpers/processes';
 
-process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const BUCKET = 'kiln-fleet';
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-const canUnshare = spawnSync('unshare', ['-m', 'true'], { stdio: 'ignore' }).status === 0;
-const skip = !motoCommand() ? "moto_server not installed (pip install 'moto[server]')" : !canUnshare ? 'unshare -m is not permitted here (needs root): no separate hosts' : false;
+const skip = hostsSkipReason();
 
 /** A TCP proxy to moto whose client→server bytes can be held (an upload that makes no progress). */
 class StallProxy {
@@ -99,23 +96,7 @@ function configYaml(state: string, storage: string): string {
   });
 }
 
-const s3Yaml = (endpoint: string) => `storage:\n  kind: s3\n  bucket: ${BUCKET}\n  prefix: fleet\n  endpoint: ${endpoint}\n  forcePathStyle: true\n`;
-
-/** Processes whose work dir lies in the hosts' state path (trainers and shims of any host). */
-function hostProcesses(state: string): number[] {
-  const out: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
-      if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) continue;
-      if (fs.readFileSync(`/proc/${name}/environ`, 'utf8').includes(`KILN_WORK_DIR=${state}`)) out.push(Number(name));
-    } catch {
-      /* gone */
-    }
-  }
-  return out;
-}
+const s3Yaml = (endpoint: string) => s3StorageYaml(BUCKET, 'fleet', endpoint);
 
 describe('fleet: GPU hosts without a shared disk', { skip }, () => {
   let env: KilnTestEnv;
@@ -129,7 +110,7 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
   async function startHost(config = env.configFile): Promise<GpuWorkerProc> {
     const w = await env.startGpuWorker({
       slots: 1,
-      wrap: ['unshare', '-m', '--', 'sh', '-c', 'mount -t tmpfs -o size=256m kiln-host "$0" && exec "$@"', state],
+      wrap: hostWrap(state),
       env: { ...moto.env, KILN_HOME: state, KILN_CONFIG: config },
     });
     hosts.push(w);
@@ -146,9 +127,7 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
 
   before(async () => {
     moto = await startMoto();
-    const admin = new S3Client({ endpoint: moto.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'testing', secretAccessKey: 'testing' } });
-    await admin.send(new CreateBucketCommand({ Bucket: BUCKET }));
-    admin.destroy();
+    await createBucket(moto, BUCKET);
     proxy = new StallProxy(Number(new URL(moto.endpoint).port));
     await proxy.listen();
     env = await startKilnEnv(defaultConfigYaml());
