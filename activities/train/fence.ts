@@ -50,6 +50,21 @@ export class StoreFence {
     return this.superseded;
   }
 
+  /**
+   * Reads the lease object now (not the last poll): true while this attempt still holds it. Called
+   * right before a checkpoint upload starts and before it is marked complete, so an attempt whose
+   * worker was frozen (SIGSTOP, a paused VM) and wakes up after a takeover stores nothing. A failed
+   * read throws (the caller counts it as a failed upload try).
+   */
+  async confirm(): Promise<boolean> {
+    if (this.superseded) return false;
+    if (await this.lease.superseded()) {
+      this.superseded = true;
+      this.log.warn({ key: this.lease.key }, 'a newer attempt holds the job’s lease in storage');
+    }
+    return !this.superseded;
+  }
+
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;

@@ -58,6 +58,7 @@ async function runAttempt(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise
         log: a.log,
         concurrency: deps.config.storage.kind === 's3' ? deps.config.storage.concurrency : 4,
         stillOwner: () => !a.lease.superseded(),
+        confirmOwner: async () => !a.lease.superseded() && (a.fence ? await a.fence.confirm() : true),
         onError: (err) => errors.onError(err),
       })
     : null;

@@ -70,6 +70,12 @@ export class CheckpointUploader {
       concurrency: number;
       /** False once a newer attempt owns the job: nothing more is uploaded or recorded. */
       stillOwner: () => boolean;
+      /**
+       * Asks the store now (the lease object), right before an upload starts and before it is marked
+       * complete: an attempt frozen past a takeover may still think it owns the job. Throws when it
+       * cannot tell (a failed try).
+       */
+      confirmOwner?: () => Promise<boolean>;
       /** A disk error while recording a verified checkpoint: fails the attempt (as a trainer event's would). */
       onError: (err: unknown) => void;
     },
@@ -101,40 +107,28 @@ export class CheckpointUploader {
   }
 
   private async uploadOne(ref: CheckpointRef): Promise<void> {
-    const { log, jobId, workDir } = this.o;
+    const { jobId, workDir } = this.o;
     const prefix = checkpointPrefix(jobId, workDir, ref.path);
     // In progress from here (retiring what it pushes out of retention is its first part).
     this.state = { step: ref.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length };
+    // Asked of the store first: retiring old checkpoints rewrites the job manifest and deletes objects,
+    // which an attempt that lost the job (its worker frozen past a takeover) must not do.
+    const owner = await this.ownerNow().catch(() => null);
+    if (owner === false) {
+      this.notUploaded(ref);
+      return;
+    }
     try {
-      await this.beforeUpload(ref);
+      // Cannot tell (the lease object unreadable): nothing is retired now; the upload tries ask again.
+      if (owner) await this.beforeUpload(ref);
     } catch (err) {
       this.o.onError(err);
       return;
     }
-    let uri: string | null = null;
-    for (let n = 1; n <= TRIES && uri === null; n++) {
-      if (!this.o.stillOwner()) return;
-      if (!fs.existsSync(ref.path)) {
-        log.warn({ step: ref.step, path: ref.path }, 'checkpoint vanished before it was uploaded: not a resume point');
-        return;
-      }
-      this.state = { step: ref.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length };
-      try {
-        const up = await uploadCheckpoint(this.store, prefix, ref.path, {
-          concurrency: this.o.concurrency,
-          onProgress: (done, total) => {
-            if (this.state) Object.assign(this.state, { doneBytes: done, totalBytes: total, queued: this.queue.length });
-          },
-        });
-        uri = `${this.store.uri}/${prefix}`;
-        log.info({ step: ref.step, uri, bytes: up.manifest.bytes, files: up.manifest.files.length, ms: up.ms }, 'checkpoint uploaded and verified');
-      } catch (err) {
-        log.warn({ step: ref.step, try: n, of: TRIES, err: err instanceof Error ? err.message : String(err) }, n < TRIES ? 'checkpoint upload failed; retrying' : 'checkpoint upload failed: it is not a resume point');
-        if (n < TRIES) await new Promise((r) => setTimeout(r, 1000 * 2 ** (n - 1)));
-      }
-    }
+    const uri = await this.tryUpload(ref, prefix);
     // Verified: no longer "uploading" in what the next heartbeat and report say.
     this.state = this.queue.length ? { step: this.queue[0]!.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length - 1 } : null;
+    if (uri === 'superseded') return;
     if (uri === null) {
       this.failed += 1;
       return;
@@ -145,6 +139,54 @@ export class CheckpointUploader {
     } catch (err) {
       this.o.onError(err);
     }
+  }
+
+  /** Whether this attempt still owns the job, by the last poll and, where wired, the store now. Throws when it cannot tell. */
+  private async ownerNow(): Promise<boolean> {
+    return this.o.stillOwner() && (this.o.confirmOwner ? await this.o.confirmOwner() : true);
+  }
+
+  private notUploaded(ref: CheckpointRef): 'superseded' {
+    this.o.log.warn({ step: ref.step, path: ref.path }, 'a newer attempt owns this job: checkpoint not uploaded (this attempt stores nothing more)');
+    this.state = null;
+    return 'superseded';
+  }
+
+  /** Up to TRIES uploads of one checkpoint: its URI once verified, null when given up, 'superseded' when a newer attempt owns the job. */
+  private async tryUpload(ref: CheckpointRef, prefix: string): Promise<string | null | 'superseded'> {
+    const { log } = this.o;
+    const superseded = () => this.notUploaded(ref);
+    const owner = () => this.ownerNow();
+    for (let n = 1; n <= TRIES; n++) {
+      if (!this.o.stillOwner()) return superseded();
+      if (!fs.existsSync(ref.path)) {
+        log.warn({ step: ref.step, path: ref.path }, 'checkpoint vanished before it was uploaded: not a resume point');
+        return null;
+      }
+      this.state = { step: ref.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length };
+      let lost = false;
+      try {
+        if (!(await owner())) return superseded();
+        const up = await uploadCheckpoint(this.store, prefix, ref.path, {
+          concurrency: this.o.concurrency,
+          onProgress: (done, total) => {
+            if (this.state) Object.assign(this.state, { doneBytes: done, totalBytes: total, queued: this.queue.length });
+          },
+          beforeComplete: async () => {
+            lost = !(await owner());
+            if (lost) throw new Error('superseded before the checkpoint was marked complete');
+          },
+        });
+        const uri = `${this.store.uri}/${prefix}`;
+        log.info({ step: ref.step, uri, bytes: up.manifest.bytes, files: up.manifest.files.length, ms: up.ms }, 'checkpoint uploaded and verified');
+        return uri;
+      } catch (err) {
+        if (lost) return superseded();
+        log.warn({ step: ref.step, try: n, of: TRIES, err: err instanceof Error ? err.message : String(err) }, n < TRIES ? 'checkpoint upload failed; retrying' : 'checkpoint upload failed: it is not a resume point');
+        if (n < TRIES) await new Promise((r) => setTimeout(r, 1000 * 2 ** (n - 1)));
+      }
+    }
+    return null;
   }
 
   /** Removes checkpoints retention dropped from storage (marker first); a failure is only logged. */

@@ -107,7 +107,13 @@ export async function uploadCheckpoint(
   store: ObjectStore,
   prefix: string,
   localPath: string,
-  opts: { onProgress?: CheckpointProgress; concurrency?: number; signal?: AbortSignal } = {},
+  opts: {
+    onProgress?: CheckpointProgress;
+    concurrency?: number;
+    signal?: AbortSignal;
+    /** Called after the files are sent, before the manifest and the marker are written; a throw leaves the checkpoint incomplete. */
+    beforeComplete?: () => Promise<void>;
+  } = {},
 ): Promise<UploadedCheckpoint> {
   const t0 = Date.now();
   const { kind, files } = await localFiles(localPath);
@@ -138,6 +144,7 @@ export async function uploadCheckpoint(
   const sent = [...(await pool(files.filter((f) => !big(f)), opts.concurrency ?? 4, send)), ...(await pool(files.filter(big), 1, send))];
   sent.sort((a, b) => (a.path < b.path ? -1 : 1));
   opts.signal?.throwIfAborted();
+  await opts.beforeComplete?.();
 
   const manifest: CheckpointManifest = { version: 1, name: path.basename(localPath), kind, files: sent, bytes: total, createdAt: new Date().toISOString() };
   const body = Buffer.from(JSON.stringify(manifest, null, 1));
