@@ -27,6 +27,10 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
     what: 'History growth (issue 16): history events per hour of training at 1 checkpoint/s and 1/min (prints only)',
     usage: '[--minutes 60]',
   },
+  overlap: {
+    what: 'Two live trainers for one job (issue 16): the owning GPU worker SIGSTOPped on another host (mount namespaces, S3 on moto), /proc every 50 ms; overlap and takeover',
+    usage: '[--runs 10] [--json FILE]',
+  },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',
     usage: '[--jobs 200] [--runs 10] [--workers 2] [--slots 4] [--steps 5] [--json FILE] [--from-json FILE] [--no-write]',
