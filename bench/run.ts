@@ -27,6 +27,10 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
     what: 'History growth (issue 16): history events per hour of training at 1 checkpoint/s and 1/min (prints only)',
     usage: '[--minutes 60]',
   },
+  takeover: {
+    what: 'Takeover (issue 16): worker SIGKILL restarted by kiln dev or host gone → first resumed step, steps lost, 100 interruptions of one job (prints only)',
+    usage: '[--runs 10] [--interruptions 100] [--only restart,host-gone,interruptions] [--json FILE]',
+  },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',
     usage: '[--jobs 200] [--runs 10] [--workers 2] [--slots 4] [--steps 5] [--json FILE] [--from-json FILE] [--no-write]',
