@@ -29,7 +29,7 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
   },
   takeover: {
     what: 'Takeover (issue 16): worker SIGKILL restarted by kiln dev or host gone → first resumed step, steps lost, 100 interruptions of one job (prints only)',
-    usage: '[--runs 10] [--interruptions 100] [--only restart,host-gone,interruptions] [--json FILE]',
+    usage: '[--runs 10] [--interruptions 100] [--steps-per-fault 80] [--only restart,host-gone,interruptions] [--json FILE]',
   },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',

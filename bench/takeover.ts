@@ -4,7 +4,7 @@
  * trainer is bench/fixtures/trainer.mjs (follows the trainer contract: checkpoints on SIGTERM; appends
  * timestamped start/step/checkpoint/sigterm/exit records, so every time is read on the host clock).
  *
- *   node dist/bench/takeover.js [--runs 10] [--interruptions 100] [--only restart,host-gone,interruptions] [--json FILE]
+ *   node dist/bench/takeover.js [--runs 10] [--interruptions 100] [--steps-per-fault 80] [--only restart,host-gone,interruptions] [--json FILE]
  *
  * restart        `kiln dev` (against the bench's dev server) runs the GPU worker; the bench SIGKILLs it
  *                and `kiln dev` restarts it (each kill after the worker ran healthy, so with the initial
@@ -17,6 +17,7 @@
  * interruptions  one job, N faults of its owner alternating SIGKILL/SIGTERM, each once the running
  *                attempt has a checkpoint beyond its resume point that the workflow knows of; a
  *                replacement worker starts at once (as a supervisor would); default timeouts.maxAttempts.
+ *                The job has N × --steps-per-fault + 200 steps (25 ms each): it must outlast the faults.
  *                Figures: fault → first resumed step; the job completes; the summary's count.
  *
  * Prints a markdown section for BENCHMARKS.md (machine, date, commit, command, load average before
@@ -47,13 +48,15 @@ const TOKEN_MSG = 'failed the attempt of a dead worker so that it is retried at 
 interface Options {
   runs: number;
   interruptions: number;
+  /** Steps the interrupted job gets per fault (+ 200): it must not finish before the last fault. */
+  stepsPerFault: number;
   only: string[];
   json?: string;
 }
 
 function parseOptions(): Options {
   const { values } = parseArgs({
-    options: { runs: { type: 'string', default: '10' }, interruptions: { type: 'string', default: '100' }, only: { type: 'string' }, json: { type: 'string' } },
+    options: { runs: { type: 'string', default: '10' }, interruptions: { type: 'string', default: '100' }, 'steps-per-fault': { type: 'string', default: '80' }, only: { type: 'string' }, json: { type: 'string' } },
   });
   const int = (v: string | undefined, flag: string) => {
     const n = Number(v);
@@ -62,7 +65,7 @@ function parseOptions(): Options {
   };
   const only = values.only ? values.only.split(',') : FIGURES;
   for (const o of only) if (!FIGURES.includes(o)) throw new Error(`--only ${o}: unknown figure (one of ${FIGURES.join(', ')})`);
-  return { runs: int(values.runs, 'runs'), interruptions: int(values.interruptions, 'interruptions'), only, json: values.json };
+  return { runs: int(values.runs, 'runs'), interruptions: int(values.interruptions, 'interruptions'), stepsPerFault: int(values['steps-per-fault'], 'steps-per-fault'), only, json: values.json };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,50 +223,56 @@ interface FaultRow {
   takeoverMs: number;
 }
 
-/** Steps the job gets per fault: enough that it cannot finish before the last one on a slow machine. */
-const STEPS_PER_FAULT = 60;
 const FAULT_PARAMS = { step_ms: 25, checkpoint_every: 20 };
 
-/** The running attempt's first checkpoint beyond its resume point, and whether the workflow learnt of it. */
-async function newProgress(env: KilnTestEnv, h: Awaited<ReturnType<KilnTestEnv['submit']>>, file: string, steps: number): Promise<{ cur: Rec; ck: Rec; knew: boolean }> {
-  const cur = await waitFor(() => readRecs(file).filter((r) => r.event === 'start').pop(), 60_000, 'an attempt to start');
-  const ck = await waitFor(() => {
+/**
+ * The running attempt's first checkpoint beyond its resume point, and whether the workflow learnt of
+ * it. The running attempt is re-read on every poll: a continue-as-new may stop one and start the next.
+ */
+async function newProgress(h: Awaited<ReturnType<KilnTestEnv['submit']>>, file: string, steps: number): Promise<{ cur: Rec; ck: Rec; knew: boolean }> {
+  const found = await waitFor(() => {
     const recs = readRecs(file);
-    if (recs.some((r) => r.event === 'checkpoint' && r.step >= steps)) throw new Error(`the job trained all ${steps} steps before the faults were done: raise STEPS_PER_FAULT`);
-    return recs.find((r) => r.event === 'checkpoint' && r.attempt === cur.attempt && r.step > cur.step);
-  }, 60_000, `a checkpoint of attempt ${cur.attempt} beyond step ${cur.step}`).catch((err: Error) => {
-    if (err.message.includes('raise STEPS_PER_FAULT')) throw err;
-    throw new Error(`${err.message} (${readRecs(file).slice(-5).map((r) => JSON.stringify(r)).join(' ')})`);
+    if (recs.some((r) => r.event === 'checkpoint' && r.step >= steps)) throw new Error(`the job trained all ${steps} steps before the faults were done: raise --steps-per-fault`);
+    const cur = recs.filter((r) => r.event === 'start').pop();
+    const ck = cur && recs.find((r) => r.event === 'checkpoint' && r.attempt === cur.attempt && r.step > cur.step);
+    return cur && ck ? { cur, ck } : null;
+  }, 60_000, 'a checkpoint of the running attempt beyond its resume point').catch((err: Error) => {
+    throw new Error(`${err.message} (last records: ${readRecs(file).slice(-5).map((r) => JSON.stringify(r)).join(' ')})`);
   });
-  const knew = await waitFor(async () => ((await h.query(progressQuery)).lastCheckpoint?.step ?? 0) >= ck.step, 10_000, 'the workflow to know the checkpoint', 50).then(
+  const knew = await waitFor(async () => ((await h.query(progressQuery)).lastCheckpoint?.step ?? 0) >= found.ck.step, 10_000, 'the workflow to know the checkpoint', 50).then(
     () => true,
     () => false,
   );
-  return { cur, ck, knew };
+  return { ...found, knew };
 }
 
-async function benchInterruptions(env: KilnTestEnv, workers: Workers, n: number): Promise<{ rows: FaultRow[]; summary: JobSummary; steps: number }> {
+async function benchInterruptions(env: KilnTestEnv, workers: Workers, n: number, stepsPerFault: number): Promise<{ rows: FaultRow[]; summary: JobSummary; steps: number }> {
   await workers.ensure(2);
-  const steps = n * STEPS_PER_FAULT + 200;
+  const steps = n * stepsPerFault + 200;
   const h = await env.submit('bench', { params: { ...FAULT_PARAMS, steps } });
   const file = recFile(env, h.workflowId);
   const rows: FaultRow[] = [];
+  const starting: Array<Promise<void>> = [];
   for (let k = 1; k <= n; k++) {
     const signal = k % 2 ? 'SIGKILL' : 'SIGTERM';
-    const { cur, ck, knew } = await newProgress(env, h, file, steps);
+    const { cur, ck, knew } = await newProgress(h, file, steps);
     const victim = await waitFor(() => workers.owner(h.workflowId), 10_000, 'the worker running the trainer');
     const t0 = Date.now();
     victim.kill(signal);
-    // A replacement at once, as a supervisor restarts a dead or drained worker.
+    // A replacement at once, as a supervisor restarts a dead or drained worker; no fault waits for it.
     workers.live = workers.live.filter((w) => w !== victim);
-    const replacing = workers.ensure(2);
+    starting.push(
+      env.startGpuWorker({ pool: 'gpu', slots: 2 }).then(
+        (w) => void workers.live.push(w),
+        (err: Error) => console.error(`  replacement worker after fault ${k} did not start: ${err.message}`),
+      ),
+    );
     const first = await waitRec(file, (r) => r.event === 'step' && r.attempt > cur.attempt, 120_000, `the first step after fault ${k}`);
-    await replacing;
     const row: FaultRow = { n: k, signal, checkpoint: ck.step, workflowKnew: knew, resumedFrom: startOf(file, first.attempt)!.step, takeoverMs: first.t - t0 };
     rows.push(row);
     console.error(`  interruption ${k}/${n}: ${JSON.stringify(row)} (load ${load()})`);
-    await Promise.race([victim.exited, sleep(GRACE_S * 1000 + 30_000)]);
   }
+  await Promise.all(starting);
   const summary = (await h.result()) as JobSummary;
   return { rows, summary, steps };
 }
@@ -318,7 +327,7 @@ async function runFigures(env: KilnTestEnv, o: Options, json: RawSamples): Promi
       notes.push(`Host gone: resumed from the newest checkpoint the old trainer wrote in ${s.filter((x) => x.resumedFrom === x.lastCkptWritten).length}/${s.length} runs.`);
     }
     if (o.only.includes('interruptions')) {
-      const r = await benchInterruptions(env, workers, o.interruptions);
+      const r = await benchInterruptions(env, workers, o.interruptions, o.stepsPerFault);
       json.interruptions = { rows: r.rows, summary: r.summary.session_info, takeover: stats(r.rows.map((x) => x.takeoverMs)) };
       const { rows, note } = interruptionRows(r, o.interruptions);
       md.push(...rows);
