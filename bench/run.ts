@@ -31,6 +31,10 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
     what: 'Two live trainers for one job (issue 16): the owning GPU worker SIGSTOPped on another host (mount namespaces, S3 on moto), /proc every 50 ms; overlap and takeover',
     usage: '[--runs 10] [--json FILE]',
   },
+  takeover: {
+    what: 'Takeover (issue 16): worker SIGKILL restarted by kiln dev or host gone → first resumed step, steps lost, 100 interruptions of one job (prints only)',
+    usage: '[--runs 10] [--interruptions 100] [--steps-per-fault 80] [--only restart,host-gone,interruptions] [--json FILE]',
+  },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',
     usage: '[--jobs 200] [--runs 10] [--workers 2] [--slots 4] [--steps 5] [--json FILE] [--from-json FILE] [--no-write]',

@@ -123,9 +123,10 @@ export async function cancelAndWait(h: WorkflowHandle, timeoutMs = 60_000): Prom
 
 export const TABLE_HEAD = '| figure | runs | median | p95 | min | max | target | verdict |\n|---|---|---|---|---|---|---|---|';
 
-export function statRow(name: string, xs: number[], target: string, met: (s: Stats) => boolean): string {
+/** One figure's row; `fmt` writes a cell (durations in ms by default; bench/takeover.ts also counts steps). */
+export function statRow(name: string, xs: number[], target: string, met: (s: Stats) => boolean, fmt: (x: number) => string = ms): string {
   if (!xs.length) return `| ${name} | 0 | – | – | – | – | ${target} | no samples |`;
   const s = stats(xs);
   const verdict = target === '–' ? '–' : met(s) ? 'met' : '**not met**';
-  return `| ${name} | ${s.n} | ${ms(s.median)} | ${ms(s.p95)} | ${ms(s.min)} | ${ms(s.max)} | ${target} | ${verdict} |`;
+  return `| ${name} | ${s.n} | ${fmt(s.median)} | ${fmt(s.p95)} | ${fmt(s.min)} | ${fmt(s.max)} | ${target} | ${verdict} |`;
 }

@@ -46,7 +46,7 @@ async function benchCancel(env: KilnTestEnv, workers: Workers, runs: number, stu
   return out;
 }
 
-interface ResumeSample {
+export interface ResumeSample {
   /** kill → first step of the new attempt (the figure). */
   firstStep: number;
   /** kill → the new attempt's trainer started. */
@@ -59,8 +59,8 @@ interface ResumeSample {
   firstResumedStep: number;
 }
 
-/** A worker dies (SIGKILL) or drains (SIGTERM) mid-training; a second worker resumes the job. */
-async function benchWorkerLoss(env: KilnTestEnv, workers: Workers, runs: number, sig: 'SIGKILL' | 'SIGTERM'): Promise<ResumeSample[]> {
+/** A worker dies (SIGKILL) or drains (SIGTERM) mid-training; a second worker resumes the job (also bench/takeover.ts's host-gone figure). */
+export async function benchWorkerLoss(env: KilnTestEnv, workers: Workers, runs: number, sig: 'SIGKILL' | 'SIGTERM'): Promise<ResumeSample[]> {
   const out: ResumeSample[] = [];
   for (let i = 0; i < runs; i++) {
     await workers.ensure(2);
