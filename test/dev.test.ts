@@ -105,10 +105,10 @@ const workerPids = (text: string) => [...text.matchAll(/"name":"(control|gpu-gpu
 const record = (home: string) => JSON.parse(fs.readFileSync(path.join(home, 'run', 'dev.json'), 'utf8')) as { serverPid: number; serverStart: number; address: string };
 
 describe('restart backoff', () => {
-  test('doubles on quick deaths, starts over after a healthy run (kills 20 s apart each get 1 s)', () => {
+  test('doubles on quick deaths, starts over after a healthy run (kills 20 s apart each get 250 ms)', () => {
     const b = new RestartBackoff();
-    assert.deepEqual([500, 500, 500, 500].map((up) => b.next(up).delayMs), [1000, 2000, 4000, 8000]);
-    assert.deepEqual([20_000, 20_000, 20_000].map((up) => b.next(up).delayMs), [1000, 1000, 1000]);
+    assert.deepEqual([500, 500, 500, 500].map((up) => b.next(up).delayMs), [250, 500, 1000, 2000]);
+    assert.deepEqual([20_000, 20_000, 20_000].map((up) => b.next(up).delayMs), [250, 250, 250]);
     for (let i = 0; i < 10; i++) b.next(0);
     assert.equal(b.next(0).delayMs, 30_000);
   });
@@ -177,7 +177,7 @@ describe('kiln dev owns what it starts', () => {
         gpu = await waitFor(() => [...dev.text().matchAll(/"pid":(\d+)[^\n]*"msg":"worker started"/g)].map((m) => Number(m[1])).filter((p) => p !== gpu && !workerPids(dev.text()).includes(p) && running(p)).pop(), 30_000, 'the restarted worker');
         if (i === 1) await sleep(11_000);
       }
-      assert.deepEqual(deaths(), [[1000, 1], [1000, 1]], 'kills 11 s apart: 1 s each, the count starts over');
+      assert.deepEqual(deaths(), [[250, 1], [250, 1]], 'kills 11 s apart: 250 ms each, the count starts over');
       dev.child.kill('SIGTERM');
       assert.equal(await dev.exited, 0);
       assert.deepEqual(stackProcesses(s.home), []);

@@ -9,7 +9,7 @@
  *   count. Failures that come faster than THRASH_WINDOW_MS allows fail the job as TrainerThrashing.
  *
  * Backoff between attempts starts at 1 s, doubles up to 30 s while attempts end without progress, and
- * starts over after progress. Not a workflow: workflows/index.ts does not export it.
+ * starts over after progress; an interruption after progress retries at once (no backoff). Not a workflow: workflows/index.ts does not export it.
  */
 import { ActivityFailure, ApplicationFailure, CancelledFailure, TimeoutFailure } from '@temporalio/workflow';
 import { ErrorType, NON_RETRYABLE_TYPES } from '../src/shared/errors';
@@ -115,6 +115,9 @@ export class AttemptBudget {
         throw ApplicationFailure.nonRetryable(`trainer failed ${this.failureTimes.length} times within ${THRASH_WINDOW_MS / 60_000} minutes (thrashing); last: ${cause}`, ErrorType.TrainerThrashing);
       }
     }
+    // An interruption after progress is not the trainer's fault: the next attempt starts at once
+    // (still a timer command, 1 ms, so histories replay either way); a trainer failure waits.
+    if (progressed && kind === 'interruption') return 0;
     const delay = progressed ? BACKOFF_INITIAL_MS : this.backoffMs;
     if (!progressed) this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
     return delay;

@@ -1,10 +1,12 @@
 /**
  * Restart backoff for what `kiln dev` supervises (workers, the dev server): the delay doubles with
  * each quick death, and a run that stayed up HEALTHY_AFTER_MS starts it over. Kills 20 s apart used
- * to get 4, 8, 16 s (the reset needed a minute of uptime); now each gets the initial delay again.
+ * to get 4, 8, 16 s (the reset needed a minute of uptime); now each gets the initial delay (250 ms) again;
+ * quick deaths double it: 0.25, 0.5, 1, 2 … up to 30 s.
  */
 
-export const INITIAL_RESTART_DELAY_MS = 1000;
+/** Short: a worker killed once is back before its jobs' next attempt needs it (issue 16, ≤ 3 s takeover). */
+export const INITIAL_RESTART_DELAY_MS = 250;
 export const MAX_RESTART_DELAY_MS = 30_000;
 /** Long enough to have started and served (a worker is up in ~2 s, the server in ~3 s). */
 export const HEALTHY_AFTER_MS = 10_000;
