@@ -28,6 +28,11 @@ export class CheckpointSuspects {
   list: SuspectCheckpoint[] = [];
   /** The checkpoint the last failed attempt was suspected on: the next attempt skips it. */
   private lastSuspect: string | null = null;
+  /**
+   * Checkpoints newer than the step a `kiln retry --from-checkpoint` went back to: no attempt resumes
+   * from them until the job's own newest checkpoint reaches their step again.
+   */
+  rewound: { step: number; path: string; sha256?: string }[] = [];
 
   private key(c: { path: string; sha256?: string }): string {
     return `${c.path}\0${c.sha256 ?? ''}`;
@@ -56,15 +61,34 @@ export class CheckpointSuspects {
     this.lastSuspect = null;
   }
 
-  /** What the next attempt must not resume from: every quarantined checkpoint and the newest suspect. */
-  skipList(): SkipRef[] {
-    return this.list
+  /**
+   * What the next attempt must not resume from: every quarantined checkpoint, the newest suspect, and
+   * the checkpoints a retry went back behind that are newer than the job's newest one (`newestStep`).
+   */
+  skipList(newestStep = 0): SkipRef[] {
+    const bad = this.list
       .filter((s) => s.quarantined || this.key(s) === this.lastSuspect)
       .map((s) => ({ path: s.path, ...(s.sha256 ? { sha256: s.sha256 } : {}), quarantined: s.quarantined }));
+    const rewound = this.rewound.filter((r) => r.step > newestStep).map((r) => ({ path: r.path, ...(r.sha256 ? { sha256: r.sha256 } : {}), quarantined: false, rewound: true }));
+    return [...bad, ...rewound];
   }
 
-  snapshot(): { list: SuspectCheckpoint[]; lastSuspect: string | null } {
-    return { list: this.list, lastSuspect: this.lastSuspect };
+  /** Whether the last failed attempt was suspected on this checkpoint. */
+  isSuspect(c: { path: string; sha256?: string }): boolean {
+    return this.lastSuspect !== null && this.lastSuspect === this.key(c);
+  }
+
+  /** A retry goes back to an older checkpoint: the newer ones are stepped over (see `rewound`). */
+  rewind(newer: readonly CheckpointRef[]): void {
+    for (const c of newer) {
+      if (this.rewound.some((r) => r.path === c.path && r.sha256 === c.sha256)) continue;
+      if (this.rewound.length >= MAX_TRACKED) this.rewound.shift();
+      this.rewound.push({ step: c.step, path: c.path, ...(c.sha256 ? { sha256: c.sha256 } : {}) });
+    }
+  }
+
+  snapshot(): { list: SuspectCheckpoint[]; lastSuspect: string | null; rewound: CheckpointSuspects['rewound'] } {
+    return { list: this.list, lastSuspect: this.lastSuspect, rewound: this.rewound };
   }
 
   static restore(raw: unknown): CheckpointSuspects {
@@ -76,6 +100,8 @@ export class CheckpointSuspects {
         .slice(-MAX_TRACKED);
     }
     out.lastSuspect = typeof r?.lastSuspect === 'string' ? r.lastSuspect : null;
+    const rw = (r as { rewound?: unknown } | null | undefined)?.rewound;
+    if (Array.isArray(rw)) out.rewound = rw.filter((x): x is { step: number; path: string } => typeof x?.path === 'string' && typeof x?.step === 'number').slice(-MAX_TRACKED);
     return out;
   }
 }

@@ -54,7 +54,7 @@ export async function resumeFromStore(
     const ref: CheckpointRef = { ...c, path: local };
     const skip = isSkipped(ref, o.skip) ?? isSkipped(c, o.skip);
     if (skip && !resumedFrom) {
-      log.warn({ step: c.step, uri: c.uri, quarantined: skip.quarantined }, `checkpoint is ${skip.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
+      log.warn({ step: c.step, uri: c.uri, quarantined: skip.quarantined }, skip.rewound ? 'checkpoint is newer than the one `kiln retry --from-checkpoint` went back to; trying the previous one' : `checkpoint is ${skip.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
       if (!skip.quarantined) checkpoints.push(ref);
       continue;
     }

@@ -292,7 +292,7 @@ export function chooseResumePoint(
     }
     const suspect = isSkipped(c, o.skip);
     if (suspect) {
-      log.warn({ path: c.path, step: c.step, quarantined: suspect.quarantined }, `checkpoint is ${suspect.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
+      log.warn({ path: c.path, step: c.step, quarantined: suspect.quarantined }, suspect.rewound ? 'checkpoint is newer than the one `kiln retry --from-checkpoint` went back to; trying the previous one' : `checkpoint is ${suspect.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
       continue;
     }
     const problem = checkpointMismatch(c.path, c);
