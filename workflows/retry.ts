@@ -6,7 +6,7 @@
  * the same workflow id with that state and a retry request; this file applies the request in the new
  * run: the budgets start over (the carried budget is empty), the attempt log, checkpoints, suspects,
  * quarantine and pins carry over; the cancel and pause of the ended run are cleared; the first attempt
- * resumes from the chosen checkpoint, stepping over newer ones (suspects.ts `rewound`).
+ * resumes from the chosen checkpoint, stepping over newer ones when it names an older one (suspects.ts `rewound`).
  * Not a workflow: workflows/index.ts does not export it.
  */
 import { ApplicationFailure, log, setCurrentDetails, workflowInfo } from '@temporalio/workflow';
@@ -44,7 +44,9 @@ export function applyRetry(job: JobState, r: RetryRequest): CheckpointRef | null
   const from = retryCheckpoint(known, chosen.step);
   // The operator named it: a suspect checkpoint may be tried again (a quarantined one never).
   if (r.fromStep !== null) job.suspects.attemptEnded();
-  job.suspects.rewind(known.filter((c) => c.step > chosen.step));
+  // Going back: the ended run got as far as `until`; until the job passes it again, nothing newer than its own newest checkpoint.
+  const until = Math.max(job.latest?.step ?? 0, ...known.map((c) => c.step), ...job.attemptLog.map((a) => a.last_step ?? 0));
+  job.suspects.rewound = r.fromStep !== null && until > chosen.step ? { toStep: chosen.step, until } : null;
   job.lastCheckpoint = from;
   // The ended run's cancel and pause are not this run's.
   job.cancelReason = null;

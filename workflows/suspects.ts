@@ -29,10 +29,11 @@ export class CheckpointSuspects {
   /** The checkpoint the last failed attempt was suspected on: the next attempt skips it. */
   private lastSuspect: string | null = null;
   /**
-   * Checkpoints newer than the step a `kiln retry --from-checkpoint` went back to: no attempt resumes
-   * from them until the job's own newest checkpoint reaches their step again.
+   * A `kiln retry --from-checkpoint` went back to `toStep` from a run that had reached `until`: until
+   * the job's own newest checkpoint passes `until`, no attempt resumes from a checkpoint newer than
+   * that newest one (the older run's checkpoints, in the manifest or not, are stepped over).
    */
-  rewound: { step: number; path: string; sha256?: string }[] = [];
+  rewound: { toStep: number; until: number } | null = null;
 
   private key(c: { path: string; sha256?: string }): string {
     return `${c.path}\0${c.sha256 ?? ''}`;
@@ -61,16 +62,11 @@ export class CheckpointSuspects {
     this.lastSuspect = null;
   }
 
-  /**
-   * What the next attempt must not resume from: every quarantined checkpoint, the newest suspect, and
-   * the checkpoints a retry went back behind that are newer than the job's newest one (`newestStep`).
-   */
-  skipList(newestStep = 0): SkipRef[] {
-    const bad = this.list
+  /** What the next attempt must not resume from: every quarantined checkpoint and the newest suspect. */
+  skipList(): SkipRef[] {
+    return this.list
       .filter((s) => s.quarantined || this.key(s) === this.lastSuspect)
       .map((s) => ({ path: s.path, ...(s.sha256 ? { sha256: s.sha256 } : {}), quarantined: s.quarantined }));
-    const rewound = this.rewound.filter((r) => r.step > newestStep).map((r) => ({ path: r.path, ...(r.sha256 ? { sha256: r.sha256 } : {}), quarantined: false, rewound: true }));
-    return [...bad, ...rewound];
   }
 
   /** Whether the last failed attempt was suspected on this checkpoint. */
@@ -78,13 +74,10 @@ export class CheckpointSuspects {
     return this.lastSuspect !== null && this.lastSuspect === this.key(c);
   }
 
-  /** A retry goes back to an older checkpoint: the newer ones are stepped over (see `rewound`). */
-  rewind(newer: readonly CheckpointRef[]): void {
-    for (const c of newer) {
-      if (this.rewound.some((r) => r.path === c.path && r.sha256 === c.sha256)) continue;
-      if (this.rewound.length >= MAX_TRACKED) this.rewound.shift();
-      this.rewound.push({ step: c.step, path: c.path, ...(c.sha256 ? { sha256: c.sha256 } : {}) });
-    }
+  /** The newest step the next attempt may resume from after a retry went back (see `rewound`), or undefined. */
+  maxResumeStep(newestStep: number): number | undefined {
+    if (!this.rewound || newestStep > this.rewound.until) return undefined;
+    return Math.max(newestStep, this.rewound.toStep);
   }
 
   snapshot(): { list: SuspectCheckpoint[]; lastSuspect: string | null; rewound: CheckpointSuspects['rewound'] } {
@@ -100,8 +93,8 @@ export class CheckpointSuspects {
         .slice(-MAX_TRACKED);
     }
     out.lastSuspect = typeof r?.lastSuspect === 'string' ? r.lastSuspect : null;
-    const rw = (r as { rewound?: unknown } | null | undefined)?.rewound;
-    if (Array.isArray(rw)) out.rewound = rw.filter((x): x is { step: number; path: string } => typeof x?.path === 'string' && typeof x?.step === 'number').slice(-MAX_TRACKED);
+    const rw = (r as { rewound?: { toStep?: unknown; until?: unknown } } | null | undefined)?.rewound;
+    if (typeof rw?.toStep === 'number' && typeof rw.until === 'number') out.rewound = { toStep: rw.toStep, until: rw.until };
     return out;
   }
 }

@@ -137,7 +137,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
     try {
       const train = await scope.run(() =>
         gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer}) attempt ${rec.n}${rec.resume_step ? ` from step ${rec.resume_step}` : ''}` }, [
-          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded(), skip: job.suspects.skipList(job.lastCheckpoint?.step ?? 0) },
+          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded(), skip: job.suspects.skipList(), maxResumeStep: job.suspects.maxResumeStep(job.lastCheckpoint?.step ?? 0) },
         ]),
       );
       history.stop();

@@ -39,8 +39,6 @@ export interface SkipRef {
   path: string;
   sha256?: string;
   quarantined: boolean;
-  /** Newer than the checkpoint a `kiln retry --from-checkpoint` went back to. */
-  rewound?: boolean;
 }
 
 /** The skip-list entry naming this checkpoint (same path; same sha256 where both are known), or null. */

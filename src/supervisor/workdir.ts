@@ -261,7 +261,7 @@ export interface ResumePoint {
  */
 export function chooseResumePoint(
   workDir: string,
-  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[] },
+  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[]; maxStep?: number },
 ): ResumePoint {
   const { log } = o;
   const known = new Map<string, CheckpointRef>();
@@ -290,9 +290,13 @@ export function chooseResumePoint(
       log.warn({ path: c.path, step: c.step }, 'checkpoint to resume from is missing; trying the previous one');
       continue;
     }
+    if (o.maxStep !== undefined && c.step > o.maxStep) {
+      log.warn({ path: c.path, step: c.step }, `checkpoint is newer than step ${o.maxStep}, where kiln retry --from-checkpoint went back to; not resuming from it`);
+      continue;
+    }
     const suspect = isSkipped(c, o.skip);
     if (suspect) {
-      log.warn({ path: c.path, step: c.step, quarantined: suspect.quarantined }, suspect.rewound ? 'checkpoint is newer than the one `kiln retry --from-checkpoint` went back to; trying the previous one' : `checkpoint is ${suspect.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
+      log.warn({ path: c.path, step: c.step, quarantined: suspect.quarantined }, `checkpoint is ${suspect.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
       continue;
     }
     const problem = checkpointMismatch(c.path, c);
