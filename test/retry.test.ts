@@ -154,6 +154,8 @@ describe('kiln retry: a failed or cancelled job continues from its checkpoints u
     assert.deepEqual(runs.map((x) => x.status).sort(), ['COMPLETED', 'FAILED']);
     const st = await kiln('status', id);
     assert.match(st.stdout, /retried: +retried by ann \(fixed the data\) at .* after the run .* failed, from checkpoint step 10 \(attempt 3 onwards\)/);
+    const meta = (await env.client.workflow.getHandle(id).query('__temporal_workflow_metadata')) as { currentDetails: string };
+    assert.equal(meta.currentDetails, `completed · v${s.registry.version} ${s.registry.stage} · retried once, last by ann from step 10`);
     const d = await env.client.workflow.getHandle(id).describe();
     assert.match((await d.staticSummary()) ?? '', /retried by ann/);
 
