@@ -125,7 +125,7 @@ describe('kiln CLI', () => {
   });
 
   test('every verb has --help with examples (exit 0)', async () => {
-    for (const verb of ['submit', 'status', 'watch', 'list', 'cancel', 'pause', 'resume', 'logs', 'doctor']) {
+    for (const verb of ['submit', 'status', 'watch', 'list', 'cancel', 'pause', 'resume', 'retry', 'logs', 'doctor']) {
       const r = await kiln([verb, '--help']);
       assert.equal(r.code, 0, `${verb} --help: ${r.stderr}`);
       assert.match(r.stdout, new RegExp(`kiln ${verb}`), `${verb} --help shows usage`);

@@ -19,9 +19,11 @@
  */
 import { allHandlersFinished, ApplicationFailure, type CancellationScope, condition, log, makeContinueAsNewFunc, setCurrentDetails, workflowInfo } from '@temporalio/workflow';
 import { ErrorType } from '../src/shared/errors';
+import { retryRequestProblem } from '../src/shared/retry';
 import type { CheckpointRef } from '../src/shared/progress';
 import type { JobSpec, PreparedJob } from '../src/shared/spec';
-import type { JobSummary } from '../src/shared/summary';
+import type { RetryRequest } from '../src/shared/retry';
+import type { AttemptRecord, JobSummary, OlderAttempts } from '../src/shared/summary';
 import type { AttemptBudget, BudgetSnapshot } from './attempts';
 import type { JobState } from './jobState';
 import { CheckpointSuspects } from './suspects';
@@ -29,6 +31,8 @@ import { CheckpointSuspects } from './suspects';
 export const DEFAULT_HISTORY_EVENTS = 10_000;
 /** A run continues as new on the server's suggestion only after this many events of its own. */
 const MIN_RUN_EVENTS = 50;
+/** Attempts whose full record a run carries; older ones are carried as counts (OlderAttempts). */
+export const CARRIED_ATTEMPTS = 100;
 
 /** What a JobState carries into the next run. */
 export type JobSnapshot = Pick<
@@ -51,6 +55,8 @@ export type JobSnapshot = Pick<
   | 'validation'
   | 'registered'
   | 'startedAt'
+  | 'retries'
+  | 'olderAttempts'
 > & { workers: string[]; skippedCheckpoints?: JobState['skippedCheckpoints']; suspects?: ReturnType<CheckpointSuspects['snapshot']> };
 
 /** The second argument of a continued TrainingJob run. */
@@ -60,9 +66,29 @@ export interface Carried {
   runs: number;
   prepared: PreparedJob;
   job: JobSnapshot;
-  budget: BudgetSnapshot;
+  /** Empty for a retried run: its budgets start over. */
+  budget: Partial<BudgetSnapshot>;
   /** The checkpoint the stop (or a pause) saved; the next attempt resumes from it. */
   pauseCheckpoint: CheckpointRef | null;
+  /** Set by `kiln retry` (src/client/retry.ts): this run continues a job whose run ended; workflows/retry.ts. */
+  retry?: RetryRequest;
+}
+
+/**
+ * The attempt log a run carries: the newest `keep` records in full, and every older one folded into
+ * counts (attempts, by outcome, steps lost), so the summary's totals stay exact however long the job.
+ */
+export function capAttemptLog(log: readonly AttemptRecord[], older: OlderAttempts | null, keep = CARRIED_ATTEMPTS): { attemptLog: AttemptRecord[]; olderAttempts: OlderAttempts | null } {
+  if (log.length <= keep) return { attemptLog: [...log], olderAttempts: older };
+  const folded: OlderAttempts = older ? { ...older, by_outcome: { ...older.by_outcome } } : { attempts: 0, first: log[0]!.n, last: 0, by_outcome: {}, steps_lost: 0 };
+  for (const a of log.slice(0, log.length - keep)) {
+    folded.attempts += 1;
+    folded.first = Math.min(folded.first, a.n);
+    folded.last = Math.max(folded.last, a.n);
+    folded.by_outcome[a.outcome] = (folded.by_outcome[a.outcome] ?? 0) + 1;
+    folded.steps_lost += a.steps_lost ?? 0;
+  }
+  return { attemptLog: log.slice(-keep), olderAttempts: folded };
 }
 
 /** Why this run should continue as new now, or null. */
@@ -100,10 +126,11 @@ export function watchHistory(p: PreparedJob, scope: CancellationScope): { fired:
 
 export function snapshotJob(job: JobState): JobSnapshot {
   const { latest, cancelReason, cancelledBy, paused, controlSeq, ignoredMessages, lastIgnored, pausedAt, approval, attempts, interruptions, attemptLog } = job;
-  const { resumedFromSteps, lastCheckpoint, checkpoints, validation, registered, startedAt } = job;
+  const { resumedFromSteps, lastCheckpoint, checkpoints, validation, registered, startedAt, retries } = job;
+  const capped = capAttemptLog(attemptLog, job.olderAttempts);
   return {
-    ...{ latest, cancelReason, cancelledBy, paused, controlSeq, ignoredMessages, lastIgnored, pausedAt, approval, attempts, interruptions, attemptLog },
-    ...{ resumedFromSteps, lastCheckpoint, checkpoints, validation, registered, startedAt },
+    ...{ latest, cancelReason, cancelledBy, paused, controlSeq, ignoredMessages, lastIgnored, pausedAt, approval, attempts, interruptions, ...capped },
+    ...{ resumedFromSteps: resumedFromSteps.slice(-CARRIED_ATTEMPTS), lastCheckpoint, checkpoints, validation, registered, startedAt, retries: retries.slice(-CARRIED_ATTEMPTS) },
     workers: [...job.workers],
     skippedCheckpoints: job.skippedCheckpoints,
     suspects: job.suspects.snapshot(),
@@ -111,8 +138,11 @@ export function snapshotJob(job: JobState): JobSnapshot {
 }
 
 export function restoreJob(job: JobState, s: JobSnapshot): void {
-  const { workers, attemptLog, resumedFromSteps, skippedCheckpoints, suspects, ...rest } = s;
+  const { workers, attemptLog, resumedFromSteps, skippedCheckpoints, suspects, retries, olderAttempts, ...rest } = s;
   Object.assign(job, rest);
+  // Runs carried by an older version have neither.
+  job.retries = Array.isArray(retries) ? retries : [];
+  job.olderAttempts = olderAttempts ?? null;
   // Runs carried by an older version have no skipped checkpoints.
   job.skippedCheckpoints = skippedCheckpoints ?? [];
   job.suspects = CheckpointSuspects.restore(suspects);
@@ -135,6 +165,8 @@ export function parseCarried(raw: unknown): Carried {
     else if (c.job.skippedCheckpoints !== undefined && !Array.isArray(c.job.skippedCheckpoints)) problems.push('job.skippedCheckpoints: not a list');
     if (typeof c.budget !== 'object' || c.budget === null) problems.push('budget: missing');
     if (typeof c.runs !== 'number') problems.push('runs: not a number');
+    const r = c.retry === undefined ? null : retryRequestProblem(c.retry);
+    if (r) problems.push(r);
   }
   if (problems.length) {
     throw ApplicationFailure.nonRetryable(`invalid second argument to TrainingJob: ${problems.join('; ')}; start a job with its spec only (kiln submit)`, ErrorType.InvalidJobSpec);

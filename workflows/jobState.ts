@@ -42,7 +42,8 @@ import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
 import { CheckpointSuspects } from './suspects';
 import { CheckpointRefSchema, progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport, type SkippedCheckpoint } from '../src/shared/progress';
-import { endReason, type AttemptRecord, type JobProgress, type JobSummary, type TrainResult } from '../src/shared/summary';
+import { endReason, type AttemptRecord, type JobProgress, type JobSummary, type OlderAttempts, type TrainResult } from '../src/shared/summary';
+import type { RetryRecord } from '../src/shared/retry';
 import { endAttempt } from './attempts';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
 import type { ControlActivities } from './activityOptions';
@@ -95,6 +96,9 @@ export class JobState {
   suspects = new CheckpointSuspects();
   /** Set once a version exists, so a job cancelled while awaiting approval still reports it. */
   registered: Registered | null = null;
+  /** Each `kiln retry` of the job (workflows/retry.ts), and the attempts folded out of attemptLog (continueAsNew.ts). */
+  retries: RetryRecord[] = [];
+  olderAttempts: OlderAttempts | null = null;
   /** When the job (its first run) started; carried across continue-as-new. */
   startedAt = new Date().toISOString();
 
@@ -109,7 +113,9 @@ export class JobState {
       const r = this.summary.registry;
       const incomplete = r.complete === false ? ` INCOMPLETE (missing ${r.missing_metrics.join(', ')}), not promotable` : '';
       const why = this.summary.outcome === 'completed' ? 'completed' : (this.summary.session_info.end_reason ?? this.summary.outcome);
-      return `${why}${r.version ? ` · v${r.version} ${r.stage}${incomplete}` : ''}`;
+      const last = this.retries.at(-1);
+      const retried = last ? ` · retried ${this.retries.length === 1 ? 'once' : `${this.retries.length} times`}, last by ${last.by} from step ${last.from_step}` : '';
+      return `${why}${r.version ? ` · v${r.version} ${r.stage}${incomplete}` : ''}${retried}`;
     }
     if (this.phase === 'queued' && this.phaseDetails) return this.phaseDetails;
     if (this.phase === 'paused') return `paused at step ${this.lastCheckpoint?.step ?? this.latest?.step ?? 0} (resume with the resume signal)`;
@@ -359,6 +365,8 @@ export class JobState {
       suspectCheckpoints: this.suspects.list,
       line: this.line(),
       attemptLog: this.attemptLog,
+      olderAttempts: this.olderAttempts,
+      retries: this.retries,
       summary: this.summary,
     };
   }
@@ -383,6 +391,8 @@ export class JobState {
         attempts: this.attempts,
         interruptions: this.interruptions,
         attempt_log: this.attemptLog,
+        ...(this.olderAttempts ? { older_attempts: this.olderAttempts } : {}),
+        ...(this.retries.length ? { retries: this.retries } : {}),
         workers: [...this.workers],
         started_at: this.startedAt,
         ended_at: new Date().toISOString(),

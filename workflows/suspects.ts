@@ -28,6 +28,12 @@ export class CheckpointSuspects {
   list: SuspectCheckpoint[] = [];
   /** The checkpoint the last failed attempt was suspected on: the next attempt skips it. */
   private lastSuspect: string | null = null;
+  /**
+   * A `kiln retry --from-checkpoint` went back to `toStep` from a run that had reached `until`: until
+   * the job's own newest checkpoint passes `until`, no attempt resumes from a checkpoint newer than
+   * that newest one (the older run's checkpoints, in the manifest or not, are stepped over).
+   */
+  rewound: { toStep: number; until: number } | null = null;
 
   private key(c: { path: string; sha256?: string }): string {
     return `${c.path}\0${c.sha256 ?? ''}`;
@@ -63,8 +69,19 @@ export class CheckpointSuspects {
       .map((s) => ({ path: s.path, ...(s.sha256 ? { sha256: s.sha256 } : {}), quarantined: s.quarantined }));
   }
 
-  snapshot(): { list: SuspectCheckpoint[]; lastSuspect: string | null } {
-    return { list: this.list, lastSuspect: this.lastSuspect };
+  /** Whether the last failed attempt was suspected on this checkpoint. */
+  isSuspect(c: { path: string; sha256?: string }): boolean {
+    return this.lastSuspect !== null && this.lastSuspect === this.key(c);
+  }
+
+  /** The newest step the next attempt may resume from after a retry went back (see `rewound`), or undefined. */
+  maxResumeStep(newestStep: number): number | undefined {
+    if (!this.rewound || newestStep > this.rewound.until) return undefined;
+    return Math.max(newestStep, this.rewound.toStep);
+  }
+
+  snapshot(): { list: SuspectCheckpoint[]; lastSuspect: string | null; rewound: CheckpointSuspects['rewound'] } {
+    return { list: this.list, lastSuspect: this.lastSuspect, rewound: this.rewound };
   }
 
   static restore(raw: unknown): CheckpointSuspects {
@@ -76,6 +93,8 @@ export class CheckpointSuspects {
         .slice(-MAX_TRACKED);
     }
     out.lastSuspect = typeof r?.lastSuspect === 'string' ? r.lastSuspect : null;
+    const rw = (r as { rewound?: { toStep?: unknown; until?: unknown } } | null | undefined)?.rewound;
+    if (typeof rw?.toStep === 'number' && typeof rw.until === 'number') out.rewound = { toStep: rw.toStep, until: rw.until };
     return out;
   }
 }

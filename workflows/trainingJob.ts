@@ -20,13 +20,14 @@ import {
   log,
   patched,
   proxyActivities,
+  setHandler,
   sleep,
   TimeoutFailure,
   uuid4,
   workflowInfo,
   type WorkflowInfo,
 } from '@temporalio/workflow';
-import { gpuTaskQueue } from '../src/shared/messages';
+import { gpuTaskQueue, retryStateQuery } from '../src/shared/messages';
 import { ErrorType } from '../src/shared/errors';
 import { JobSpecSchema, type JobSpec, type JobSpecInput, type PreparedJob } from '../src/shared/spec';
 import type { CheckpointRef } from '../src/shared/progress';
@@ -38,6 +39,7 @@ import { AttemptBudget, classify } from './attempts';
 import { type Carried, continueJob, historyDue, parseCarried, restoreJob, watchHistory } from './continueAsNew';
 import { JobState } from './jobState';
 import { enterQueue, QUEUED_PHASE_PATCH } from './queue';
+import { applyRetry, retryState } from './retry';
 import { noteFailure } from './suspects';
 
 type Proxy = ActivityInterfaceFor<Activities>;
@@ -55,9 +57,15 @@ export async function TrainingJob(input: JobSpecInput, carried?: Carried): Promi
   const job = new JobState(info.workflowId, info.runId, spec.model);
   const resumed = carried === undefined ? null : parseCarried(carried);
   if (resumed) restoreJob(job, resumed.job);
+  if (resumed?.retry) {
+    // `kiln retry`: budgets start over; the first attempt resumes from the checkpoint it names.
+    resumed.budget = {};
+    resumed.pauseCheckpoint = applyRetry(job, resumed.retry);
+  }
   job.listen(control);
 
   let prepared: PreparedJob | null = resumed?.prepared ?? null;
+  setHandler(retryStateQuery, () => retryState(job, spec, prepared, (resumed?.runs ?? 0) + 1));
   try {
     if (!prepared) {
       job.setPhase('preparing');
@@ -129,7 +137,7 @@ async function trainUntilDone(job: JobState, gpu: Proxy, spec: JobSpec, p: Prepa
     try {
       const train = await scope.run(() =>
         gpu.train.executeWithOptions({ ...trainOptions(p), summary: `train ${spec.model} (${spec.trainer}) attempt ${rec.n}${rec.resume_step ? ` from step ${rec.resume_step}` : ''}` }, [
-          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded(), skip: job.suspects.skipList() },
+          { prepared: p, resumeFrom: from, runId: job.runId, reportToken: token, attempt: rec.n, recorded: job.recorded(), skip: job.suspects.skipList(), maxResumeStep: job.suspects.maxResumeStep(job.lastCheckpoint?.step ?? 0) },
         ]),
       );
       history.stop();

@@ -36,6 +36,8 @@ export interface TrainInput {
   recorded?: { checkpoints: CheckpointRef[]; step: number; workerId: string | null };
   /** Checkpoints an earlier attempt failed on right after resuming (suspect) or twice (quarantined): never the resume point. */
   skip?: SkipRef[];
+  /** After `kiln retry --from-checkpoint`: never resume from a checkpoint newer than this step (workflows/suspects.ts `rewound`). */
+  maxResumeStep?: number;
 }
 
 /** One attempt of a train activity, once it owns the work dir. */
@@ -165,12 +167,12 @@ async function findResumePoint(
   if (deps.store) {
     const beat = (recorded: CheckpointRef[]) =>
       ctx.heartbeat({ ...waitingHeartbeat({ attempt: o.attempt, workerId: deps.workerId, resumedFrom: heartbeat?.lastCheckpoint ?? null, checkpoints: [...recorded].reverse() }), step: heartbeat?.step ?? 0 });
-    const r = await resumeFromStore(deps.store, { ctx, jobId: input.prepared.jobId, workDir, log, heartbeat, resumeFrom: input.resumeFrom, beat, skip: input.skip });
+    const r = await resumeFromStore(deps.store, { ctx, jobId: input.prepared.jobId, workDir, log, heartbeat, resumeFrom: input.resumeFrom, beat, skip: input.skip, maxStep: input.maxResumeStep });
     return { resume: { resumedFrom: r.resumedFrom, checkpoints: r.checkpoints, adopted: [] }, recorded: r.recorded };
   }
   const recorded = recordedCheckpoints([readManifest(workDir), heartbeat?.checkpoints ?? [], input.resumeFrom ? [input.resumeFrom] : []]).filter((c) => insideDir(workDir, c.path));
   const quarantined = new Set((input.skip ?? []).filter((s) => s.quarantined).map((s) => s.path));
-  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => quarantined.has(cp) || deps.isPinned(cp), log, gen: o.gen, skip: input.skip });
+  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => quarantined.has(cp) || deps.isPinned(cp), log, gen: o.gen, skip: input.skip, maxStep: input.maxResumeStep });
   return { resume, recorded };
 }
 

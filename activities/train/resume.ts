@@ -36,7 +36,7 @@ export function recordedCheckpoints(lists: readonly (readonly CheckpointRef[])[]
 /** Picks (and downloads) the resume checkpoint from storage. */
 export async function resumeFromStore(
   store: ObjectStore,
-  o: { ctx: Context; jobId: string; workDir: string; log: Logger; heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; beat: (recorded: CheckpointRef[]) => void; skip?: SkipRef[] },
+  o: { ctx: Context; jobId: string; workDir: string; log: Logger; heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; beat: (recorded: CheckpointRef[]) => void; skip?: SkipRef[]; maxStep?: number },
 ): Promise<StoredResume & { recorded: CheckpointRef[] }> {
   const { log, jobId, workDir } = o;
   const stored = await readStoredManifest(store, jobId, log).catch(() => []);
@@ -52,6 +52,10 @@ export async function resumeFromStore(
     }
     const prefix = c.uri!.slice(store.uri.length + 1);
     const ref: CheckpointRef = { ...c, path: local };
+    if (o.maxStep !== undefined && c.step > o.maxStep) {
+      log.warn({ step: c.step, uri: c.uri }, `checkpoint is newer than step ${o.maxStep}, where kiln retry --from-checkpoint went back to; not resuming from it`);
+      continue;
+    }
     const skip = isSkipped(ref, o.skip) ?? isSkipped(c, o.skip);
     if (skip && !resumedFrom) {
       log.warn({ step: c.step, uri: c.uri, quarantined: skip.quarantined }, `checkpoint is ${skip.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);

@@ -11,6 +11,7 @@ import { doctorVerb } from './doctor';
 import { listVerb } from './list';
 import { logsVerb } from './logs';
 import { modelsVerb } from './models';
+import { retryVerb } from './retry';
 import { scheduleVerbs } from './schedules';
 import { stackVerbs } from './stack';
 import { statusVerb } from './status';
@@ -35,6 +36,7 @@ export function verbTable(extra: Record<string, Verb> = {}): Record<string, Verb
     watch: watchVerb,
     list: listVerb,
     ...signalVerbs,
+    retry: retryVerb,
     logs: logsVerb,
     models: modelsVerb,
     ...approvalVerbs,

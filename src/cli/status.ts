@@ -9,7 +9,8 @@ import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-w
 import { queryProgress } from '../client/jobs';
 import { formatDuration } from '../shared/duration';
 import type { GpuTelemetry, TrainHeartbeat } from '../shared/progress';
-import type { AttemptRecord, JobProgress } from '../shared/summary';
+import { retryLine } from '../shared/retry';
+import type { AttemptRecord, JobProgress, OlderAttempts } from '../shared/summary';
 import { readKilnSearchAttributes } from '../shared/searchAttributes';
 import { endReason, type JobSummary } from '../shared/summary';
 import { isRetrainId, retrainStatus } from './retrainStatus';
@@ -144,6 +145,12 @@ export function attemptLine(a: AttemptRecord): string {
   return `${a.worker ? `on ${a.worker}, ` : ''}${end}; ${steps}`;
 }
 
+/** `1–400: 380 interrupted, 20 failed, 112 steps lost (folded when the job continued as new)` */
+export function olderLine(o: OlderAttempts): string {
+  const by = Object.entries(o.by_outcome).map(([k, n]) => `${n} ${k}`).join(', ');
+  return `${o.first}–${o.last}: ${by}, ${o.steps_lost} steps lost (counted, not listed: folded when the job continued as new)`;
+}
+
 function progressLines(p: JobProgress): string[] {
   const lines = [`  progress:   ${p.line}`, `  attempt:    ${p.attempt}   worker: ${p.workerId ?? '-'}   GPUs: ${p.gpuIds.join(',') || '-'}`];
   if (p.gpu?.length) lines.push(`  GPU:        ${fmtGpu(p.gpu)}`);
@@ -155,7 +162,9 @@ function progressLines(p: JobProgress): string[] {
   if (p.restartedFromScratch) lines.push(`  lost work:  attempt ${p.restartedFromScratch.attempt} restarted from step 0, ${p.restartedFromScratch.stepsLost} steps lost: ${p.restartedFromScratch.reason.split('\n')[0]}`);
   for (const s of p.suspectCheckpoints ?? []) lines.push(`  ${s.quarantined ? 'quarantine' : 'suspect'}: step ${s.step} ${s.path}: attempt(s) ${s.failedAttempts.join(', ')} failed right after resuming from it${s.quarantined ? '; never resumed from again' : ''} (${s.cause})`);
   for (const k of p.skippedCheckpoints ?? []) lines.push(`  bad ckpt:   step ${k.step} ${k.path}: ${k.problem}; attempt ${k.attempt} resumed from an earlier one`);
+  for (const r of p.retries ?? []) lines.push(`  retried:    ${retryLine(r)}`);
   // Older runs answer without these fields.
+  if (p.olderAttempts) lines.push(`  attempts ${olderLine(p.olderAttempts)}`);
   for (const a of p.attemptLog ?? []) lines.push(`  attempt ${a.n}:  ${attemptLine(a)}`);
   if (p.ignoredMessages) lines.push(`  ignored:    ${p.ignoredMessages} message(s) the job dropped; last: ${p.lastIgnored}`);
   return lines;
@@ -182,6 +191,7 @@ function summaryLines(r: JobSummary): string[] {
   if (lost) lines.push(`  lost work:  attempt ${lost.attempt} restarted from step 0, ${lost.steps_lost} steps lost: ${lost.reason.split('\n')[0]}`);
   for (const s of r.session_info.suspect_checkpoints ?? []) lines.push(`  ${s.quarantined ? 'quarantine' : 'suspect'}: step ${s.step} ${s.path}: attempt(s) ${s.failed_attempts.join(', ')} failed right after resuming from it${s.quarantined ? '; never resumed from again' : ''} (${s.cause})`);
   for (const k of r.session_info.skipped_checkpoints ?? []) lines.push(`  bad ckpt:   step ${k.step} ${k.path}: ${k.problem}; attempt ${k.attempt} resumed from an earlier one`);
+  for (const x of r.session_info.retries ?? []) lines.push(`  retried:    ${retryLine(x)}`);
   // The whole message: the cause, then the trainer's log tail it quotes.
   if (r.session_info.failure) lines.push(`  failure:    ${r.session_info.failure.trimEnd().split('\n').join('\n              ')}`);
   return lines;

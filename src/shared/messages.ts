@@ -7,6 +7,7 @@
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { ApprovalInput, CancelInput, ControlResult, PauseInput } from './control';
 import type { JobStatus, ProgressReport } from './progress';
+import type { RetryState } from './retry';
 import type { JobProgress } from './summary';
 
 export const TASK_QUEUE_CONTROL = 'kiln-control';
@@ -29,3 +30,5 @@ export const reportSignal = defineSignal<[ProgressReport]>('kiln.report');
 
 export const progressQuery = defineQuery<JobProgress>('progress');
 export const statusQuery = defineQuery<JobStatus>('status');
+/** What `kiln retry` starts a new run from; answered by closed runs too (workflows/retry.ts). */
+export const retryStateQuery = defineQuery<RetryState>('kiln.retryState');

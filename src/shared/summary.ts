@@ -3,6 +3,7 @@
  * query reply (which carries the summary once the job ended). Workflow-safe.
  */
 import type { CheckpointRef, GpuTelemetry, Phase, ProgressReport } from './progress';
+import type { RetryRecord } from './retry';
 
 export interface TrainResult {
   attempt: number;
@@ -44,8 +45,12 @@ export interface JobSummary {
     attempts: number;
     /** Attempts ended by an interruption (worker lost or drained, attempt superseded). */
     interruptions?: number;
-    /** Every attempt: worker, how it ended, resume step and steps lost. */
+    /** Every attempt: worker, how it ended, resume step and steps lost (the newest 100 in full once a job continued as new). */
     attempt_log?: AttemptRecord[];
+    /** Attempts older than those in attempt_log, as counts: attempts + attempt_log.length = attempts of the job. */
+    older_attempts?: OlderAttempts;
+    /** Each `kiln retry` of the job: by whom, why, after which run, from which step. */
+    retries?: RetryRecord[];
     workers: string[];
     started_at: string;
     ended_at: string;
@@ -63,6 +68,16 @@ export interface JobSummary {
     /** Checkpoints attempts failed on right after resuming from them: suspect once, quarantined (never resumed from) twice. */
     suspect_checkpoints?: { step: number; path: string; failed_attempts: number[]; quarantined: boolean; cause: string }[];
   };
+}
+
+/** Attempts folded out of the attempt log a run carries (workflows/continueAsNew.ts), counted. */
+export interface OlderAttempts {
+  attempts: number;
+  /** Their attempt numbers, first and last. */
+  first: number;
+  last: number;
+  by_outcome: Record<string, number>;
+  steps_lost: number;
 }
 
 /** One train attempt of a job, as the workflow saw it. */
@@ -106,8 +121,11 @@ export interface JobProgress {
   cancelReason: string | null;
   /** Messages the job received and dropped (malformed, refused, unknown), and the last one's reason. */
   ignoredMessages: number;
-  /** The attempts so far (the last may be running). */
+  /** The attempts so far (the last may be running); older ones as counts once the job continued as new. */
   attemptLog?: AttemptRecord[];
+  olderAttempts?: OlderAttempts | null;
+  /** Each `kiln retry` of the job. */
+  retries?: RetryRecord[];
   lastIgnored: string | null;
   /** An attempt found every checkpoint unreachable and started over from step 0. */
   restartedFromScratch?: { attempt: number; stepsLost: number; reason: string } | null;

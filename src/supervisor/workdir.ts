@@ -261,7 +261,7 @@ export interface ResumePoint {
  */
 export function chooseResumePoint(
   workDir: string,
-  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[] },
+  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[]; maxStep?: number },
 ): ResumePoint {
   const { log } = o;
   const known = new Map<string, CheckpointRef>();
@@ -288,6 +288,10 @@ export function chooseResumePoint(
     }
     if (!fs.existsSync(c.path)) {
       log.warn({ path: c.path, step: c.step }, 'checkpoint to resume from is missing; trying the previous one');
+      continue;
+    }
+    if (o.maxStep !== undefined && c.step > o.maxStep) {
+      log.warn({ path: c.path, step: c.step }, `checkpoint is newer than step ${o.maxStep}, where kiln retry --from-checkpoint went back to; not resuming from it`);
       continue;
     }
     const suspect = isSkipped(c, o.skip);
