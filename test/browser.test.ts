@@ -44,7 +44,9 @@ async function waitForText(page: Page, what: string, test: (text: string) => boo
   while (Date.now() < deadline) {
     text = await allText(page);
     if (test(text)) return text;
-    if (reload && Date.now() - lastReload > 5000) {
+    // A page the UI has not rendered yet (empty: its scripts still load, slow on a busy machine) is
+    // left to render; reloading it would start over.
+    if (reload && text.trim() !== '' && Date.now() - lastReload > 5000) {
       lastReload = Date.now();
       await page.reload({ waitUntil: 'domcontentloaded' });
     }
