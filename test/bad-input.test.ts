@@ -15,7 +15,7 @@ import { parseParamFlags } from '../src/cli/params';
 import { submitJob } from '../src/client/jobs';
 import { buildSpec, parseSpecJson, validateSpec } from '../src/config/spec';
 import { JobSpecSchema, type JobSpec } from '../src/shared/spec';
-import type { JobSummary } from '../src/shared/summary';
+import { summaryPath, type JobSummary } from '../src/shared/summary';
 import { SqliteModelRegistry } from '../src/registry/sqlite';
 import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
 import { defaultConfigYaml, EXAMPLE_TRAINER, jobDir, startKilnEnv, type KilnTestEnv } from './helpers/kiln';
@@ -248,7 +248,8 @@ describe('bad submissions: non-zero exit, nothing started, nothing stored change
     // The trainer itself rewrote checkpoints.json (a trainer can write anything in its work dir); what
     // matters is that Kiln never acted on the outside entries.
     assert.ok(readManifest(dir).some((c) => c.step === 99), 'the tampered manifest entry was there to be ignored');
-    for (const c of [...s.artifacts.checkpoints, s.artifacts.last_checkpoint!]) assert.ok(c.path.startsWith(`${dir}${path.sep}`), `checkpoint ${c.path} in the summary lies inside the job dir`);
+    assert.equal(s.artifacts.root, dir);
+    for (const c of [...s.artifacts.checkpoints, s.artifacts.last_checkpoint!]) assert.ok(!path.isAbsolute(c.path) && summaryPath(s, c.path).startsWith(`${dir}${path.sep}`), `checkpoint ${c.path} in the summary lies inside the job dir`);
     // keepLatest 1 would have pruned them had they been accepted as checkpoints.
     assert.ok(fs.existsSync(path.join(outsideDir, 'abs.ckpt')), 'the outside file is untouched');
     assert.ok(fs.existsSync(path.join(path.dirname(dir), `${h.workflowId}-escape.ckpt`)), 'the ../ file is untouched');

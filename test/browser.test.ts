@@ -44,7 +44,9 @@ async function waitForText(page: Page, what: string, test: (text: string) => boo
   while (Date.now() < deadline) {
     text = await allText(page);
     if (test(text)) return text;
-    if (reload && Date.now() - lastReload > 5000) {
+    // A page the UI has not rendered yet (empty: its scripts still load, slow on a busy machine) is
+    // left to render; reloading it would start over.
+    if (reload && text.trim() !== '' && Date.now() - lastReload > 5000) {
       lastReload = Date.now();
       await page.reload({ waitUntil: 'domcontentloaded' });
     }
@@ -153,6 +155,31 @@ describe('Temporal Web UI (headless Chromium)', { skip: SKIP }, () => {
       // Already ended when the test got this far; otherwise stop it here.
       await h.signal('cancel', { reason: 'browser test done' }).catch(() => undefined);
       await h.result().catch(() => undefined);
+    }
+  });
+
+  test("a job waiting for a slot: its page shows the queued phase, with the pool's use, in Current Details and KilnPhase", async () => {
+    const long = { params: { epochs: 200, step_delay_ms: 50 } };
+    // The pool has one worker with 2 slots: two jobs take them, the third waits.
+    const busy = [await env.submit('spirals', long), await env.submit('spirals', long)];
+    const jobs = [...busy];
+    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    try {
+      for (const b of busy) await waitFor(async () => (await b.query(progressQuery)).step > 0, 60_000, `${b.workflowId} training`, 200);
+      const h = await env.submit('spirals', long);
+      jobs.push(h);
+      await waitFor(async () => /^queued: waiting for a slot in pool gpu \(2\/2 busy/.test((await h.query(progressQuery)).line), 60_000, 'the third job queued with the pool use', 300);
+      const base = `${ui}/namespaces/default/workflows/${h.workflowId}/${(await h.describe()).runId}`;
+      await page.goto(`${base}/user-metadata`, { waitUntil: 'domcontentloaded' });
+      const meta = await waitForText(page, 'the queued line in Current Details', (t) => t.includes('queued: waiting for a slot in pool gpu (2/2 busy, 1 live worker)'), 30_000, true);
+      await page.screenshot({ path: path.join(SHOTS, 'job-queued.png') });
+      assert.match(meta, /Current Details/);
+      await page.goto(`${base}/search-attributes`, { waitUntil: 'domcontentloaded' });
+      await waitForText(page, 'KilnPhase queued', (t) => /"KilnPhase": "queued"/.test(t), 30_000, true);
+    } finally {
+      await page.close();
+      for (const j of jobs) await j.signal('cancel', { reason: 'browser test done' }).catch(() => undefined);
+      for (const j of jobs) await j.result().catch(() => undefined);
     }
   });
 });

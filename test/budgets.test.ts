@@ -10,7 +10,8 @@ import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import type { JobSummary } from '../src/shared/summary';
 import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
 import { defaultConfigYaml, jobDir, startKilnEnv, waitFor, type GpuWorkerProc, type KilnTestEnv } from './helpers/kiln';
-import { FIXTURES, jobProcesses, lastVerifiedStep, workerOfTrainer } from './helpers/processes';
+import { FIXTURES, jobProcesses, lastVerifiedStep, runKiln, workerOfTrainer } from './helpers/processes';
+import { attemptEndLine } from '../src/cli/watch';
 
 /** The train activities the job scheduled, from its history: one per attempt. */
 async function trainActivities(h: WorkflowHandle): Promise<number> {
@@ -81,6 +82,8 @@ describe('attempt budgets: interruptions never use up a job; trainer failures co
     const FAULTS = 4;
     await topUp(2);
     const h = await env.submit('spirals', { params: { epochs: 30, steps_per_epoch: 10, step_delay_ms: 30, checkpoint_every: 5 }, timeouts: { maxAttempts: 1 } });
+    // kiln watch (plain lines) follows the job from the start and prints every attempt event.
+    const watching = runKiln(env, ['watch', h.workflowId, '--interval', '300'], { timeoutMs: 600_000 });
     const dir = jobDir(env, h.workflowId);
     await waitFor(() => lastVerifiedStep(dir) >= 5, 60_000, 'a first checkpoint');
     for (let i = 1; i <= FAULTS; i++) {
@@ -103,5 +106,16 @@ describe('attempt budgets: interruptions never use up a job; trainer failures co
     assert.ok(interrupted.some((a) => /worker lost/.test(a.cause ?? '')), 'a SIGKILL shows as a lost worker');
     assert.equal(s.session_info.attempts, FAULTS + 1);
     assert.equal(await trainActivities(h), FAULTS + 1);
+
+    // kiln watch printed each attempt's end, as the summary records it, once and in order: as many as
+    // the train activities in the history, the interrupted ones with their worker, step and resume point.
+    const w = await watching;
+    assert.equal(w.code, 0, w.stderr);
+    const ended = w.stdout.split('\n').filter((l) => l.startsWith(`${h.workflowId} attempt `) && !/: training from step \d+$/.test(l));
+    assert.deepEqual(ended, s.session_info.attempt_log!.map((a) => `${h.workflowId} ${attemptEndLine(a)}`), w.stdout);
+    assert.equal(ended.length, await trainActivities(h));
+    const lost = interrupted.map((a) => ended[a.n - 1]!);
+    assert.equal(lost.length, FAULTS, w.stdout);
+    for (const l of lost) assert.match(l, new RegExp(`^${h.workflowId} attempt \\d+ on \\S+:gpu-gpu: .+ at step \\d+, (resumed from \\d+|from step 0)`));
   });
 });

@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import type { Worker } from '@temporalio/worker';
 import { progressQuery } from '../src/shared/messages';
 import type { JobSummary } from '../src/shared/summary';
+import { readableNumber } from '../src/shared/progress';
 import { formatMetric } from '../src/registry/promotion';
 import { SCHEMA_VERSION, SqliteModelRegistry } from '../src/registry/sqlite';
 import type { ModelVersion } from '../src/registry/types';
@@ -119,8 +120,9 @@ describe('pipeline: evaluate, register, promote', () => {
     assert.equal(v1.params.steps_per_epoch, 3);
     assert.match(v1.datasetFingerprint, /\S/);
     assert.equal(v1.baseCheckpoint, null);
-    assert.equal(v1.metrics.val_loss, first.validation_metrics.val_loss);
-    assert.equal(v1.metrics.accuracy, first.validation_metrics.accuracy);
+    // The registry keeps full precision; the job summary the same numbers to 4 significant digits.
+    assert.equal(readableNumber(v1.metrics.val_loss!), first.validation_metrics.val_loss);
+    assert.equal(readableNumber(v1.metrics.accuracy!), first.validation_metrics.accuracy);
     assert.ok(v1.artifactPath && fs.existsSync(v1.artifactPath), 'model artifact on disk');
     assert.ok(v1.checkpointPath && fs.existsSync(v1.checkpointPath), 'checkpoint on disk');
     assert.ok((await reg.isPinned(v1.artifactPath)) && (await reg.isPinned(v1.checkpointPath)), 'artifact and checkpoint pinned against retention');

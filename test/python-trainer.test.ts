@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { progressQuery } from '../src/shared/messages';
-import type { JobSummary } from '../src/shared/summary';
+import { summaryPath, type JobSummary } from '../src/shared/summary';
 import { isAlive } from '../src/supervisor/proc';
 import { defaultConfigYaml, readTrainerLog, REPO, startKilnEnv, trainerPids, waitFor, type KilnTestEnv } from './helpers/kiln';
 
@@ -68,7 +68,7 @@ describe('Python trainer end to end', () => {
     assert.ok(typeof s.validation_metrics.val_loss === 'number');
     assert.ok(typeof s.validation_metrics.accuracy === 'number');
     assert.equal(s.registry.complete, true);
-    assert.ok(s.artifacts.model_path?.endsWith('model.json') && fs.existsSync(s.artifacts.model_path));
+    assert.ok(s.artifacts.model_path?.endsWith('model.json') && fs.existsSync(summaryPath(s, s.artifacts.model_path)));
     w.kill('SIGTERM');
     await w.exited;
   });
@@ -113,7 +113,7 @@ describe('Python trainer end to end', () => {
     // It saved on SIGTERM (no checkpoint was due before step 100), and Kiln reports it.
     assert.equal(before, null);
     assert.ok(s.artifacts.last_checkpoint && s.artifacts.last_checkpoint.step >= 12, `checkpoint on SIGTERM: ${JSON.stringify(s.artifacts.last_checkpoint)}`);
-    assert.ok(fs.existsSync(s.artifacts.last_checkpoint.path));
+    assert.ok(fs.existsSync(summaryPath(s, s.artifacts.last_checkpoint.path)));
     // Saved and exited on its own: a SIGKILL at the end of the grace period would leave no checkpoint
     // announced after the SIGTERM, and the shim would not report a clean exit.
     assert.doesNotMatch(readTrainerLog(env, h.workflowId), /Traceback/);

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { WorkflowFailedError } from '@temporalio/client';
 import { progressQuery, reportSignal } from '../src/shared/messages';
-import type { JobSummary } from '../src/shared/summary';
+import { summaryPath, type JobSummary } from '../src/shared/summary';
 import { checkpointFiles, defaultConfigYaml, jobDir, readTrainerLog, startKilnEnv, temporalBinary, trainerPids, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const run = promisify(execFile);
@@ -52,8 +52,10 @@ describe('TrainingJob', () => {
     assert.ok(s.training_metrics.duration_ms > 0);
     assert.ok(typeof s.validation_metrics.val_loss === 'number', 'val_loss present');
     assert.ok(typeof s.validation_metrics.accuracy === 'number' && s.validation_metrics.accuracy > 0.5, `accuracy ${s.validation_metrics.accuracy}`);
-    assert.ok(s.artifacts.model_path && fs.existsSync(s.artifacts.model_path), 'model artifact on disk');
-    assert.ok(s.artifacts.last_checkpoint && fs.existsSync(s.artifacts.last_checkpoint.path));
+    assert.equal(s.artifacts.root, jobDir(env, h.workflowId), 'summary paths are relative to the job folder');
+    assert.equal(s.artifacts.model_path, 'artifacts/model.json');
+    assert.ok(s.artifacts.model_path && fs.existsSync(summaryPath(s, s.artifacts.model_path)), 'model artifact on disk');
+    assert.ok(s.artifacts.last_checkpoint && fs.existsSync(summaryPath(s, s.artifacts.last_checkpoint.path)));
     assert.equal(s.artifacts.last_checkpoint.step, 30);
     assert.deepEqual(s.resource_usage.gpu_ids, []);
     assert.equal(s.resource_usage.gpu, null, 'no nvidia-smi: telemetry is null');
@@ -96,7 +98,7 @@ describe('TrainingJob', () => {
     const s = await summaryOf(env, jobId);
     assert.equal(s.outcome, 'cancelled');
     assert.equal(s.session_info.cancellation_reason, 'wrong lr');
-    assert.ok(s.artifacts.last_checkpoint && fs.existsSync(s.artifacts.last_checkpoint.path), 'last good checkpoint kept and reported');
+    assert.ok(s.artifacts.last_checkpoint && fs.existsSync(summaryPath(s, s.artifacts.last_checkpoint.path)), 'last good checkpoint kept and reported');
     assert.match(readTrainerLog(env, jobId), /SIGTERM/i);
   });
 

@@ -42,7 +42,7 @@ import { formatDuration } from '../src/shared/duration';
 import { formatIssues } from '../src/shared/params';
 import { CheckpointSuspects } from './suspects';
 import { CheckpointRefSchema, progressLine, ProgressReportSchema, type CheckpointRef, type Phase, type ProgressReport, type SkippedCheckpoint } from '../src/shared/progress';
-import { endReason, type AttemptRecord, type JobProgress, type JobSummary, type OlderAttempts, type TrainResult } from '../src/shared/summary';
+import { endReason, readableSummary, type AttemptRecord, type JobProgress, type JobSummary, type OlderAttempts } from '../src/shared/summary';
 import type { RetryRecord } from '../src/shared/retry';
 import { endAttempt } from './attempts';
 import { kilnSearchAttributes } from '../src/shared/searchAttributes';
@@ -99,6 +99,8 @@ export class JobState {
   /** Each `kiln retry` of the job (workflows/retry.ts), and the attempts folded out of attemptLog (continueAsNew.ts). */
   retries: RetryRecord[] = [];
   olderAttempts: OlderAttempts | null = null;
+  /** The job's folder (PreparedJob.workDir) once prepared: summary paths are relative to it. */
+  workDir: string | null = null;
   /** When the job (its first run) started; carried across continue-as-new. */
   startedAt = new Date().toISOString();
 
@@ -181,11 +183,13 @@ export class JobState {
     if (this.registered) this.registered = { ...this.registered, stage: outcome.stage, decision: outcome.decision };
   }
 
-  finish(s: JobSummary): void {
+  /** Ends the job with its summary, in the readable form the memo and the result carry (returned). */
+  finish(s: JobSummary): JobSummary {
     s.session_info.end_reason = endReason(s, this.cancelledBy);
-    this.summary = s;
-    upsertMemo({ summary: s });
+    this.summary = readableSummary(s, this.workDir);
+    upsertMemo({ summary: this.summary });
     this.setPhase(s.outcome);
+    return this.summary;
   }
 
   /** Registers every signal, update and query handler; call before the workflow's first await. */
@@ -368,42 +372,6 @@ export class JobState {
       olderAttempts: this.olderAttempts,
       retries: this.retries,
       summary: this.summary,
-    };
-  }
-
-  buildSummary(outcome: JobSummary['outcome'], train: TrainResult | null, reg: Registered | null, failure: string | null): JobSummary {
-    const latest = this.latest;
-    return {
-      jobId: this.jobId,
-      model: this.model,
-      outcome,
-      training_metrics: {
-        final_loss: train?.finalLoss ?? (typeof latest?.metrics.loss === 'number' ? latest.metrics.loss : null),
-        epochs: train?.epochs ?? latest?.epoch ?? null,
-        steps: train?.steps ?? latest?.step ?? 0,
-        duration_ms: Date.now() - Date.parse(this.startedAt),
-      },
-      validation_metrics: this.validation,
-      resource_usage: { gpu_ids: train?.gpuIds ?? latest?.gpuIds ?? [], gpu: train?.gpu ?? latest?.gpu ?? null },
-      artifacts: { model_path: train?.modelPath ?? null, checkpoints: train?.checkpoints ?? this.checkpoints, last_checkpoint: train?.lastCheckpoint ?? this.lastCheckpoint },
-      registry: reg ?? { version: null, stage: null, complete: null, missing_metrics: [], decision: null },
-      session_info: {
-        attempts: this.attempts,
-        interruptions: this.interruptions,
-        attempt_log: this.attemptLog,
-        ...(this.olderAttempts ? { older_attempts: this.olderAttempts } : {}),
-        ...(this.retries.length ? { retries: this.retries } : {}),
-        workers: [...this.workers],
-        started_at: this.startedAt,
-        ended_at: new Date().toISOString(),
-        cancellation_reason: this.cancelReason,
-        failure,
-        resumed_from_steps: this.resumedFromSteps,
-        resume: train?.resumedFrom ? { from_step: train.resumedFrom.step, first_step: train.firstStep } : null,
-        ...(this.suspects.list.length ? { suspect_checkpoints: this.suspects.list.map((s) => ({ step: s.step, path: s.path, failed_attempts: s.failedAttempts, quarantined: s.quarantined, cause: s.cause })) } : {}),
-        ...(this.skippedCheckpoints.length ? { skipped_checkpoints: this.skippedCheckpoints.map((k) => ({ attempt: k.attempt, step: k.step, path: k.path, problem: k.problem })) } : {}),
-        ...(this.restartedFromScratch ? { restarted_from_scratch: { attempt: this.restartedFromScratch.attempt, steps_lost: this.restartedFromScratch.stepsLost, reason: this.restartedFromScratch.reason } } : {}),
-      },
     };
   }
 }

@@ -38,6 +38,7 @@ import { awaitApproval } from './approval';
 import { AttemptBudget, classify } from './attempts';
 import { type Carried, continueJob, historyDue, parseCarried, restoreJob, watchHistory } from './continueAsNew';
 import { JobState } from './jobState';
+import { buildSummary } from './jobSummary';
 import { enterQueue, QUEUED_PHASE_PATCH } from './queue';
 import { applyRetry, retryState } from './retry';
 import { noteFailure } from './suspects';
@@ -71,9 +72,8 @@ export async function TrainingJob(input: JobSpecInput, carried?: Carried): Promi
       job.setPhase('preparing');
       prepared = await control.prepareJob.executeWithOptions({ ...datasetOptions(), summary: `prepare ${spec.model}` }, [spec, info.workflowId]);
     }
-    const s = await trainEvaluateRegister(job, spec, prepared, info, resumed);
-    job.finish(s);
-    return s;
+    job.workDir = prepared.workDir;
+    return job.finish(await trainEvaluateRegister(job, spec, prepared, info, resumed));
   } catch (err) {
     // Continuing as new is how a long job goes on, not how it ends.
     if (err instanceof ContinueAsNew) throw err;
@@ -103,7 +103,7 @@ async function trainEvaluateRegister(job: JobState, spec: JobSpec, p: PreparedJo
   ]);
   job.registered = { version: reg.version, stage: reg.stage, complete: reg.complete, missing_metrics: reg.missingMetrics, decision: reg.decision };
   if (reg.awaitingApproval && p.promotion) await awaitApproval(job, control, reg, p.promotion.approvalTimeoutMs);
-  return job.buildSummary('completed', train, job.registered, null);
+  return buildSummary(job, 'completed', train, job.registered, null);
 }
 
 /**
@@ -195,13 +195,15 @@ async function failJob(job: JobState, prepared: PreparedJob | null, err: unknown
     job.cancelledBy ??= job.cancelReason ? null : 'temporal workflow cancel';
     job.cancelReason ??= 'cancelled (temporal workflow cancel)';
     await CancellationScope.nonCancellable(async () => {
-      job.finish(job.buildSummary('cancelled', null, job.registered, null));
+      job.workDir ??= prepared?.workDir ?? null;
+      job.finish(buildSummary(job, 'cancelled', null, job.registered, null));
       if (prepared) await control.recordJobEnd({ prepared, outcome: 'cancelled', reason: job.cancelReason ?? '' }).catch(() => undefined);
     });
     throw err;
   }
   const message = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
-  job.finish(job.buildSummary('failed', null, null, message));
+  job.workDir ??= prepared?.workDir ?? null;
+  job.finish(buildSummary(job, 'failed', null, null, message));
   if (err instanceof ApplicationFailure) throw err;
   throw ApplicationFailure.nonRetryable(`training job failed: ${message}`, ErrorType.TrainingFailed, job.summary);
 }

@@ -7,7 +7,7 @@ import type { Context } from '@temporalio/activity';
 import type { WorkflowHandle } from '@temporalio/client';
 import type { Logger } from '../../src/logger';
 import { reportSignal } from '../../src/shared/messages';
-import { progressLine, type CheckpointRef, type SkippedCheckpoint, type GpuTelemetry, type ProgressReport, type TrainHeartbeat } from '../../src/shared/progress';
+import { progressLine, readableMetrics, type CheckpointRef, type SkippedCheckpoint, type GpuTelemetry, type ProgressReport, type TrainHeartbeat } from '../../src/shared/progress';
 import { formatDuration } from '../../src/shared/duration';
 import type { TrainResult } from '../../src/shared/summary';
 import { diskBytes } from '../../src/supervisor/retention';
@@ -21,11 +21,6 @@ export function waitingHeartbeat(a: { attempt: number; workerId: string; resumed
   const { attempt, resumedFrom, checkpoints, workerId } = a;
   const line = `attempt ${attempt} on ${workerId}: waiting for a free GPU (resumes from step ${resumedFrom?.step ?? 0})`;
   return { line, attempt, step: resumedFrom?.step ?? 0, epoch: null, lastCheckpoint: resumedFrom, checkpoints, metrics: {}, gpu: null, workerId };
-}
-
-/** Metrics as people read them: 4 significant digits (the report to the workflow keeps full precision). */
-function rounded(m: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Number.isFinite(v) ? Number(v.toPrecision(4)) : v]));
 }
 
 export class TrainProgress {
@@ -109,7 +104,8 @@ export class TrainProgress {
       epoch: this.epoch,
       lastCheckpoint: this.lastCheckpoint(),
       checkpoints: this.checkpoints,
-      metrics: rounded(this.metrics),
+      // Metrics as people read them: 4 significant digits (the report to the workflow keeps full precision).
+      metrics: readableMetrics(this.metrics),
       gpu: this.gpu,
       workerId: this.workerId,
       upload: this.uploadState(),

@@ -185,6 +185,9 @@ function activityLines(a: PendingActivityView, withHeartbeat: boolean): string[]
 function summaryLines(r: JobSummary): string[] {
   const lines = [`  outcome:    ${r.outcome}; steps ${r.training_metrics.steps}, final loss ${r.training_metrics.final_loss?.toPrecision(4) ?? '-'}, ${formatDuration(r.training_metrics.duration_ms)}`];
   if (r.registry.version) lines.push(`  registry:   v${r.registry.version} ${r.registry.stage}${r.registry.complete === false ? ' (INCOMPLETE: missing ' + r.registry.missing_metrics.join(', ') + ')' : ''} — ${r.registry.decision}`);
+  const a = r.artifacts;
+  // Paths relative to the job's folder `root`; summaries from before it existed have absolute paths and no root.
+  if (a.model_path || a.last_checkpoint) lines.push(`  files:      ${a.root ? `in ${a.root}: ` : ''}model ${a.model_uri ?? a.model_path ?? '-'}, last checkpoint ${a.last_checkpoint ? `step ${a.last_checkpoint.step} ${a.last_checkpoint.path}` : '-'}`);
   if (r.outcome !== 'completed') lines.push(`  ended:      ${r.session_info.end_reason ?? endReason(r)}`);
   if (r.session_info.cancellation_reason && r.outcome === 'cancelled') lines.push(`  reason:     ${r.session_info.cancellation_reason}`);
   const lost = r.session_info.restarted_from_scratch;

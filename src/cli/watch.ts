@@ -5,7 +5,7 @@
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { formatDuration } from '../shared/duration';
 import { progressLine } from '../shared/progress';
-import type { JobProgress } from '../shared/summary';
+import { firstLine, type AttemptRecord, type JobProgress } from '../shared/summary';
 import { bool, int, jobIdArg, parseArgs } from './args';
 import { jobStatus, outcomeOf, renderStatus, type StatusView } from './status';
 import { withClient, type CliContext, type Verb } from './verb';
@@ -54,6 +54,42 @@ export function watchLine(s: StatusView, withBar: boolean): string {
   return `${s.jobId} ${phase}${p?.line && !p.line.startsWith(phase) ? ` · ${p.line}` : ''}`;
 }
 
+/** `attempt 2 on host:12:gpu-gpu: worker lost (…) at step 92, resumed from 75, 2 steps lost`: how an attempt ended. */
+export function attemptEndLine(a: AttemptRecord): string {
+  const what = a.outcome === 'interrupted' || a.outcome === 'failed' || a.outcome === 'continued' ? firstLine(a.cause ?? a.outcome) : a.outcome;
+  // Trainer failures name the step themselves (`trainer exited with code 1 at step 3`).
+  const at = a.last_step !== null && !what.includes(`at step ${a.last_step}`) ? ` at step ${a.last_step}` : '';
+  const lost = a.steps_lost ? `, ${a.steps_lost} step${a.steps_lost === 1 ? '' : 's'} lost` : '';
+  return `attempt ${a.n}${a.worker ? ` on ${a.worker}` : ''}: ${what}${at}, ${a.resume_step ? `resumed from ${a.resume_step}` : 'from step 0'}${lost}`;
+}
+
+export interface AttemptEvent {
+  key: string;
+  line: string;
+  attempt: AttemptRecord;
+}
+
+/**
+ * The attempt events in a status not in `seen` (which it extends), oldest first: an attempt starts
+ * training (its first report: `attempt 3 on host:12:gpu-gpu: training from step 90`) and ends
+ * (attemptEndLine). An attempt that ended between two polls shows only its end, which says it all.
+ */
+export function attemptEvents(s: StatusView, seen: Set<string>): AttemptEvent[] {
+  const p = s.progress;
+  const log = p?.attemptLog ?? s.summary?.session_info.attempt_log ?? [];
+  const out: AttemptEvent[] = [];
+  const add = (key: string, line: string, attempt: AttemptRecord) => {
+    if (seen.has(key)) return;
+    seen.add(key);
+    out.push({ key, line, attempt });
+  };
+  for (const a of log) {
+    if (a.outcome !== 'running') add(`${a.n}:ended`, attemptEndLine(a), a);
+    else if (p && p.phase === 'training' && p.attempt === a.n && p.workerId) add(`${a.n}:started`, `attempt ${a.n} on ${p.workerId}: training from step ${a.resume_step}`, a);
+  }
+  return out;
+}
+
 function jsonLine(s: StatusView, phase: string): string {
   const c = currentProgress(s);
   const o = { jobId: s.jobId, phase, step: c?.step ?? null, totalSteps: c?.totalSteps ?? null, epoch: c?.epoch ?? null, totalEpochs: c?.totalEpochs ?? null, loss: c?.metrics.loss ?? null, etaMs: c?.etaMs ?? null, gpu: c?.gpu ?? null, source: s.source };
@@ -74,6 +110,7 @@ export async function watchJob(
   const tty = !opts.json && (opts.tty ?? Boolean(process.stdout.isTTY));
   const err = opts.err ?? ((t: string) => process.stderr.write(`${t}\n`));
   let last = '';
+  const seen = new Set<string>();
   for (;;) {
     let s: StatusView;
     try {
@@ -85,6 +122,11 @@ export async function watchJob(
     }
     const closed = s.workflowStatus !== 'RUNNING';
     const phase = s.summary?.outcome ?? s.phase ?? '?';
+    for (const e of attemptEvents(s, seen)) {
+      if (opts.json) out(JSON.stringify({ jobId, event: 'attempt', line: e.line, attempt: e.attempt }));
+      else if (tty) process.stdout.write(`\r\x1b[2K${jobId} ${e.line}\n`);
+      else out(`${jobId} ${e.line}`);
+    }
     const line = opts.json ? jsonLine(s, phase) : watchLine(s, tty);
     if (tty) {
       const cols = process.stdout.columns || 120;
@@ -115,7 +157,9 @@ export const watchVerb: Verb = {
   usage: `kiln watch <job> [--json] [--interval MS]
 
 A progress bar redrawn in place on a terminal (epoch, step, loss, ETA, GPU util); plain lines, one per
-change, when stdout is not a terminal; JSON lines with --json. Exits with the job's outcome:
+change, when stdout is not a terminal; JSON lines with --json. A line per attempt event: an attempt
+starts training, or ends (\`attempt 2 on <worker>: worker lost … at step 92, resumed from 75\`;
+--json: {"event": "attempt", "line", "attempt"}). Exits with the job's outcome:
 0 completed, 1 failed, 3 cancelled.
 
 Examples:

@@ -118,6 +118,16 @@ export interface JobStatus {
   line: string;
 }
 
+/** A number as people read it: 4 significant digits for a fraction (0.0812345 → 0.08123); integers as they are. */
+export function readableNumber(x: number): number {
+  return Number.isFinite(x) && !Number.isInteger(x) ? Number(x.toPrecision(4)) : x;
+}
+
+/** Metrics with readableNumber applied to each value (heartbeat details, the job summary). */
+export function readableMetrics(m: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, readableNumber(v)]));
+}
+
 const GiB = 2 ** 30;
 /** `checkpoint step 600 uploading 1.2/4.0 GiB (+1 queued)` */
 export function uploadLine(u: NonNullable<ProgressReport['upload']>): string {

@@ -2,7 +2,7 @@
  * What a job reports about itself: the train activity's result, the job summary, and the `progress`
  * query reply (which carries the summary once the job ended). Workflow-safe.
  */
-import type { CheckpointRef, GpuTelemetry, Phase, ProgressReport } from './progress';
+import { readableNumber, type CheckpointRef, type GpuTelemetry, type Phase, type ProgressReport } from './progress';
 import type { RetryRecord } from './retry';
 
 export interface TrainResult {
@@ -32,7 +32,20 @@ export interface JobSummary {
   training_metrics: { final_loss: number | null; epochs: number | null; steps: number; duration_ms: number };
   validation_metrics: Record<string, number>;
   resource_usage: { gpu_ids: string[]; gpu: GpuTelemetry[] | null };
-  artifacts: { model_path: string | null; checkpoints: CheckpointRef[]; last_checkpoint: CheckpointRef | null };
+  /**
+   * What the job left. Every `path` in the summary is relative to `root`, the job's folder
+   * (`<artifacts.root>/jobs/<job id>`) on the hosts that ran it; a path outside it stays absolute.
+   * Summaries written before `root` existed carry absolute paths and no `root`: read paths with
+   * summaryPath(), which handles both.
+   */
+  artifacts: {
+    root?: string | null;
+    model_path: string | null;
+    /** Where the model is stored with `storage.kind: s3` (what the registry records): `s3://…`. Absent otherwise. */
+    model_uri?: string | null;
+    checkpoints: CheckpointRef[];
+    last_checkpoint: CheckpointRef | null;
+  };
   registry: {
     version: number | null;
     stage: string | null;
@@ -135,6 +148,53 @@ export interface JobProgress {
   suspectCheckpoints?: { step: number; path: string; failedAttempts: number[]; quarantined: boolean; cause: string }[];
   line: string;
   summary: JobSummary | null;
+}
+
+/** A summary path as an absolute path: relative ones resolve against `artifacts.root`; absolute ones (older summaries) are returned as they are. */
+export function summaryPath(s: Pick<JobSummary, 'artifacts'>, p: string): string {
+  const root = s.artifacts.root;
+  return p.startsWith('/') || !root ? p : `${root.replace(/\/+$/, '')}/${p}`;
+}
+
+/** `p` relative to `root` when it lies inside it (`checkpoints/step-30`); otherwise `p` unchanged. Workflow-safe (no node:path). */
+function relativeTo(root: string | null, p: string): string {
+  if (!root) return p;
+  const r = root.replace(/\/+$/, '');
+  return p.startsWith(`${r}/`) ? p.slice(r.length + 1) : p;
+}
+
+/** Every non-integer number, deep, to 4 significant digits (readableNumber). */
+function roundDeep<T>(v: T): T {
+  if (typeof v === 'number') return readableNumber(v) as T;
+  if (Array.isArray(v)) return v.map(roundDeep) as T;
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, roundDeep(x)])) as T;
+  return v;
+}
+
+/**
+ * The summary as the memo and the workflow result carry it: numbers to 4 significant digits, paths
+ * relative to the job's folder `root` (recorded in `artifacts.root`). The registry keeps the absolute
+ * path or storage URI of the model (`kiln models show`); `artifacts.model_uri` repeats a storage URI.
+ */
+export function readableSummary(s: JobSummary, root: string | null): JobSummary {
+  const rel = <C extends { path: string }>(c: C): C => ({ ...c, path: relativeTo(root, c.path) });
+  const r = roundDeep(s);
+  const si = r.session_info;
+  return {
+    ...r,
+    artifacts: {
+      ...r.artifacts,
+      root,
+      model_path: r.artifacts.model_path === null ? null : relativeTo(root, r.artifacts.model_path),
+      checkpoints: r.artifacts.checkpoints.map(rel),
+      last_checkpoint: r.artifacts.last_checkpoint && rel(r.artifacts.last_checkpoint),
+    },
+    session_info: {
+      ...si,
+      ...(si.skipped_checkpoints ? { skipped_checkpoints: si.skipped_checkpoints.map(rel) } : {}),
+      ...(si.suspect_checkpoints ? { suspect_checkpoints: si.suspect_checkpoints.map(rel) } : {}),
+    },
+  };
 }
 
 /** The first line of a message, without the trailing colon that introduces a log tail. */
