@@ -35,6 +35,10 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
     what: 'Takeover (issue 16): worker SIGKILL restarted by kiln dev or host gone → first resumed step, steps lost, 100 interruptions of one job (prints only)',
     usage: '[--runs 10] [--interruptions 100] [--steps-per-fault 80] [--only restart,host-gone,interruptions] [--json FILE]',
   },
+  storage: {
+    what: 'Object storage (issue 12): checkpoint announced → verified by size, step time while uploading, cross-host SIGKILL → resumed step, local disk use (prints only)',
+    usage: '[--sizes 16,256,1024] [--runs 5] [--overlap-mib 256] [--overlap-checkpoints 8] [--overlap-every STEPS] [--step-ms 50] [--kill-mib 256] [--only verify,overlap,sigkill] [--json FILE]',
+  },
   load: {
     what: 'Reliability and load (issue 7): 200 jobs at once on 2 GPU workers, exactly-once checks, RSS; plus the chaos figures',
     usage: '[--jobs 200] [--runs 10] [--workers 2] [--slots 4] [--steps 5] [--json FILE] [--from-json FILE] [--no-write]',

@@ -157,7 +157,7 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
 
   test('s3: SIGKILL of the owning host after two verified checkpoints → the other host resumes from the last one and completes; stored checkpoints stay within retention', async () => {
     const a = await startHost();
-    const h = await env.submit('spirals', { params: { epochs: 25, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
+    const h = await env.submit('spirals', { params: { epochs: 50, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
     // Retention (keepLatest 2 + keepBest 1) holds for the stored checkpoints at every observation.
     const store = new S3Store(StorageSchema.parse({ kind: 's3', bucket: BUCKET, prefix: 'fleet', endpoint: moto.endpoint, forcePathStyle: true, accessKeyId: 'testing', secretAccessKey: 'testing' }) as S3StorageConfig);
     let maxStored = 0;
@@ -170,14 +170,17 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
         await new Promise((r) => setTimeout(r, 100));
       }
     })();
+    // Host B starts once A trains the job, and the job is long (500 steps, 20 s): B's start and the
+    // uploads take seconds on a busy machine, and A must not finish before it is killed.
+    await trainingOn(h);
+    const b = await startHost();
     const seen = await verifiedCheckpoints(h, 2, 20);
     assert.match(seen.lastCheckpoint!.uri!, new RegExp(`^s3://${BUCKET}/fleet/jobs/${h.workflowId}/checkpoints/`));
-    const b = await startHost();
     a.kill('SIGKILL');
     await a.exited;
     const s = (await h.result()) as JobSummary;
     assert.equal(s.outcome, 'completed');
-    assert.equal(s.training_metrics.steps, 250);
+    assert.equal(s.training_metrics.steps, 500);
     const resume = s.session_info.resume!;
     assert.ok(resume, 'the final attempt resumed');
     assert.ok(resume.from_step >= seen.lastCheckpoint!.step, `resumed from ${resume.from_step}; verified before the kill: ${seen.lastCheckpoint!.step}`);
@@ -270,9 +273,10 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
     env.writeConfig(configYaml(state, ''));
     try {
       const a = await startHost();
-      const h = await env.submit('spirals', { params: { epochs: 25, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
-      const seen = await verifiedCheckpoints2(h);
+      const h = await env.submit('spirals', { params: { epochs: 50, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 } });
+      await trainingOn(h);
       await startHost();
+      const seen = await verifiedCheckpoints2(h);
       a.kill('SIGKILL');
       await a.exited;
       const err = await h.result().then(
@@ -298,14 +302,15 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
       await stopHosts();
 
       const a2 = await startHost();
-      const h2 = await env.submit('spirals', { params: { epochs: 25, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 }, onLostCheckpoints: 'restart' });
-      const seen2 = await verifiedCheckpoints2(h2);
+      const h2 = await env.submit('spirals', { params: { epochs: 50, steps_per_epoch: 10, step_delay_ms: 40, checkpoint_every: 10 }, onLostCheckpoints: 'restart' });
+      await trainingOn(h2);
       await startHost();
+      const seen2 = await verifiedCheckpoints2(h2);
       a2.kill('SIGKILL');
       await a2.exited;
       const s = (await h2.result()) as JobSummary;
       assert.equal(s.outcome, 'completed');
-      assert.equal(s.training_metrics.steps, 250);
+      assert.equal(s.training_metrics.steps, 500);
       const lost = s.session_info.restarted_from_scratch!;
       assert.ok(lost, 'the summary says it restarted from scratch');
       assert.ok(lost.steps_lost >= seen2, `steps lost ${lost.steps_lost} ≥ the checkpoint step ${seen2}`);
@@ -372,6 +377,9 @@ describe('fleet: GPU hosts without a shared disk', { skip }, () => {
       store.close();
     }
   });
+
+  /** The job's first attempt trains (on the only host up): a second host started now gets no part of it until the first dies. */
+  const trainingOn = (h: WorkflowHandle) => waitFor(async () => ((await h.query(progressQuery)) as JobProgress).step > 0, 60_000, 'the job to train on the first host');
 
   /** local storage: the newest checkpoint step once one ≥ 20 is recorded. */
   async function verifiedCheckpoints2(h: WorkflowHandle): Promise<number> {

@@ -11,6 +11,7 @@ import type { TrainerEvent } from '../../src/supervisor/protocol';
 import { digestCheckpoint, type CheckpointDigest } from '../../src/supervisor/checkpointDigest';
 import { selectKept } from '../../src/supervisor/retention';
 import { insideDir, writeManifest } from '../../src/supervisor/workdir';
+import type { PreparedJob } from '../../src/shared/spec';
 import type { GpuDeps } from '../deps';
 import type { TrainAttempt } from './attempt';
 import type { ProgressChannel, TrainProgress } from './progress';
@@ -102,6 +103,24 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
   };
 }
 
+/**
+ * Waiting checkpoints retention drops once the newer ones (waiting or uploading) are verified: uploading
+ * them would only delete them again, while their local copies pile up when the trainer checkpoints
+ * faster than the store takes them.
+ */
+export function supersededInQueue(
+  verified: readonly CheckpointRef[],
+  inFlight: CheckpointRef | null,
+  queued: readonly CheckpointRef[],
+  retention: PreparedJob['retention'],
+  isPinned: (cp: string) => boolean,
+): CheckpointRef[] {
+  const pending = [...(inFlight ? [inFlight] : []), ...queued];
+  const all = [...verified.filter((c) => !pending.some((q) => q.path === c.path)), ...pending];
+  const { drop } = selectKept(all, retention, isPinned);
+  return queued.filter((q) => drop.includes(q));
+}
+
 /** With shared storage: retention before each upload, and what a stored (verified) checkpoint changes. */
 function wireUploader(
   uploader: CheckpointUploader,
@@ -111,6 +130,7 @@ function wireUploader(
   verified: (ref: CheckpointRef) => { keep: CheckpointRef[]; drop: CheckpointRef[] },
 ): void {
   const { log, workDir } = a;
+  uploader.supersededInQueue = (queued, inFlight) => (a.lease.superseded() ? [] : supersededInQueue(progress.checkpoints, inFlight, queued, a.p.retention, isPinned));
   // Retention in storage holds at every moment: what the new checkpoint will push out goes before
   // its upload, except the newest verified one (the resume point until the new one is stored).
   uploader.beforeUpload = async (ref) => {

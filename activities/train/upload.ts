@@ -4,7 +4,9 @@
  * background, one checkpoint at a time (its files and parts in parallel, `storage.concurrency`), so
  * the trainer keeps training and writing the next one while heartbeats keep flowing. A checkpoint
  * becomes verified (resumable, in heartbeat details and the manifest, counted by retention) only when
- * uploadCheckpoint has put every file, the manifest and, last, the completion marker.
+ * uploadCheckpoint has put every file, the manifest and, last, the completion marker. When the
+ * trainer checkpoints faster than the store takes them, a waiting checkpoint that newer ones already
+ * push out of retention is never uploaded and its local copy goes at once, so local disk stays bounded.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -60,6 +62,9 @@ export class CheckpointUploader {
   state: UploadState | null = null;
   /** Checkpoints given up after TRIES failed uploads. */
   failed = 0;
+  /** Waiting checkpoints dropped unsent: newer ones pushed them out of retention. */
+  skipped = 0;
+  private inFlight: CheckpointRef | null = null;
 
   constructor(
     private readonly store: ObjectStore,
@@ -85,13 +90,30 @@ export class CheckpointUploader {
   onVerified: (ref: CheckpointRef) => Promise<void> = async () => {};
   /** Called before a checkpoint's upload starts: retires what it will push out of retention. */
   beforeUpload: (ref: CheckpointRef) => Promise<void> = async () => {};
+  /** Of the waiting checkpoints, those retention drops given the newer ones (set by the event handler). */
+  supersededInQueue: (queued: readonly CheckpointRef[], inFlight: CheckpointRef | null) => CheckpointRef[] = () => [];
 
   enqueue(ref: CheckpointRef): void {
     this.queue.push(ref);
+    this.skipSuperseded();
     if (this.state) this.state.queued = this.queue.length;
     this.running ??= this.loop().finally(() => {
       this.running = null;
     });
+  }
+
+  /** Waiting checkpoints that would be deleted right after their upload are not uploaded; their local copies go now. */
+  private skipSuperseded(): void {
+    const newest = this.queue[this.queue.length - 1];
+    const skip = new Set(this.supersededInQueue([...this.queue], this.inFlight).filter((c) => c !== newest && this.queue.includes(c)));
+    if (!skip.size) return;
+    for (let i = this.queue.length - 1; i >= 0; i--) if (skip.has(this.queue[i]!)) this.queue.splice(i, 1);
+    for (const c of skip) fs.rmSync(c.path, { recursive: true, force: true });
+    this.skipped += skip.size;
+    this.o.log.info(
+      { skipped: [...skip].map((c) => c.step), uploading: this.inFlight?.step ?? null, waiting: this.queue.map((c) => c.step) },
+      'the trainer checkpoints faster than storage takes them: waiting checkpoints that newer ones push out of retention are not uploaded; local copies deleted',
+    );
   }
 
   /** Resolves once every queued checkpoint is verified or given up. */
@@ -101,7 +123,12 @@ export class CheckpointUploader {
 
   private async loop(): Promise<void> {
     for (let ref = this.queue.shift(); ref; ref = this.queue.shift()) {
-      await this.uploadOne(ref);
+      this.inFlight = ref;
+      try {
+        await this.uploadOne(ref);
+      } finally {
+        this.inFlight = null;
+      }
     }
     this.state = null;
   }
