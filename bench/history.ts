@@ -49,12 +49,19 @@ async function main(): Promise<void> {
         events += ev.length;
         maxRun = Math.max(maxRun, ev.length);
         runs += 1;
+        // The window closes on the end of that train activity (matched by its scheduled event id),
+        // not on the end of whatever activity ends first: the queued phase's poolUse ends meanwhile.
         let from: number | null = null;
+        let trainId: string | null = null;
         for (const e of ev) {
           const t = tsToMs(e.eventTime);
-          if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'train') from = t;
+          if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'train') {
+            from = t;
+            trainId = String(e.eventId);
+          }
           if (from !== null) trainEvents += 1;
-          if (from !== null && (e.activityTaskCompletedEventAttributes || e.activityTaskFailedEventAttributes || e.activityTaskCanceledEventAttributes || e.activityTaskTimedOutEventAttributes)) {
+          const end = e.activityTaskCompletedEventAttributes ?? e.activityTaskFailedEventAttributes ?? e.activityTaskCanceledEventAttributes ?? e.activityTaskTimedOutEventAttributes;
+          if (from !== null && end && String(end.scheduledEventId) === trainId) {
             trainMs += t - from;
             from = null;
           }
