@@ -62,8 +62,11 @@ async function runAttempt(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise
         onError: (err) => errors.onError(err),
       })
     : null;
-  if (uploader) progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
-  const logUpload = deps.store ? startTrainerLogUpload(deps.store, { jobId: a.jobId, workDir: a.workDir, attempt: a.attempt, log: a.log }) : null;
+  if (uploader) {
+    progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
+    progress.uploadFailures = () => (uploader.failures ? { count: uploader.failures.count, last: { ...uploader.failures.last } } : null);
+  }
+  const logUpload = deps.store ? await startTrainerLogUpload(deps.store, { jobId: a.jobId, workDir: a.workDir, attempt: a.attempt, log: a.log }) : null;
   let result: TrainResult;
   try {
     result = await superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel, uploader, errors });
