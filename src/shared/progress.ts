@@ -128,7 +128,8 @@ export interface JobStatus {
 export function uploadFailureLine(f: NonNullable<ProgressReport['uploadFailures']>): string {
   const n = f.count === 1 ? '1 checkpoint' : `${f.count} checkpoints`;
   const local = f.last.localDeleted ? 'local copy deleted' : 'local copy kept (pinned)';
-  return `${n} not stored: step ${f.last.step} after ${f.last.tries} failed uploads (${f.last.error.split('\n')[0]!.slice(0, 200)}), not a resume point; ${local}`;
+  const err = f.last.error.split('\n')[0]!;
+  return `${n} not stored: step ${f.last.step} after ${f.last.tries} failed uploads (${err.length > 240 ? `${err.slice(0, 240)}…` : err}), not a resume point; ${local}`;
 }
 
 const GiB = 2 ** 30;
