@@ -6,12 +6,15 @@
  * uploads are all refused is swept from the host's disk and the status line says so.
  */
 import assert from 'node:assert/strict';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import type { WorkflowHandle } from '@temporalio/client';
+import { StorageSchema } from '../src/config/schema';
 import { progressQuery } from '../src/shared/messages';
 import type { JobProgress, JobSummary } from '../src/shared/summary';
+import { S3Store, verifyCheckpoint, type S3StorageConfig } from '../src/storage';
 import { isAlive } from '../src/supervisor/proc';
 import { EXAMPLE_TRAINER_PARAMS } from './helpers/fixtures';
 import { esc, startHost, StallProxy, type Host } from './helpers/fleet';
@@ -33,13 +36,21 @@ const TRAINERS = `  plain:
     evaluate:
       # Runs on the control worker (this process), which cannot see a GPU host's disk.
       command: [node, ${EXAMPLE_TRAINER}]
-      queue: control`;
+      queue: control
+  notes:
+    # The example trainer, then more files in the artifacts folder than the model (a file and a folder).
+    command: [sh, -c, 'node "$0" && printf "lr 0.3\\n" > "$KILN_ARTIFACT_DIR/notes.txt" && mkdir -p "$KILN_ARTIFACT_DIR/plots" && printf "step,loss\\n" > "$KILN_ARTIFACT_DIR/plots/loss.csv" && printf "acc\\n" > "$KILN_ARTIFACT_DIR/plots/acc.csv"', ${EXAMPLE_TRAINER}]
+    params:${EXAMPLE_TRAINER_PARAMS}`;
 const MODELS = `  spirals:
     trainer: plain
     dataset: synthetic://spirals/v1
     params: { epochs: 2, steps_per_epoch: 10 }
   spirals-eval:
     trainer: plain-eval
+    dataset: synthetic://spirals/v1
+    params: { epochs: 2, steps_per_epoch: 10 }
+  spirals-notes:
+    trainer: notes
     dataset: synthetic://spirals/v1
     params: { epochs: 2, steps_per_epoch: 10 }`;
 
@@ -225,5 +236,43 @@ describe('fleet end to end: two GPU hosts, a control host, S3 and PostgreSQL', {
     // What is left on the host's disk is what the job kept: nothing given up lingers.
     const left = fs.readdirSync(host.file(ckptDir)).sort();
     assert.deepEqual(left, s.artifacts.checkpoints.map((c) => path.basename(c.path)).sort(), `left on host C: ${left.join(', ')}; ${line}`);
+  });
+
+  test('every file of the artifacts folder goes to storage with the model, checksummed; the registry records them and kiln models show prints them', async () => {
+    const host = await newHost('d');
+    await startWorker(host, hostConfig('host-d'));
+    const h = await env.submit('spirals-notes');
+    const s = (await h.result()) as JobSummary;
+    assert.equal(s.outcome, 'completed');
+    const dir = path.join(state, 'artifacts', 'jobs', h.workflowId, 'artifacts');
+    const sha = (rel: string) => crypto.createHash('sha256').update(fs.readFileSync(host.file(path.join(dir, rel)))).digest('hex');
+    const base = `s3://${BUCKET}/e2e/jobs/${h.workflowId}/artifacts`;
+    const expected = [
+      { name: 'model.json', uri: `${base}/model.json`, files: ['model.json'] },
+      { name: 'notes.txt', uri: `${base}/notes.txt`, files: ['notes.txt'] },
+      { name: 'plots', uri: `${base}/plots`, files: ['acc.csv', 'loss.csv'] },
+    ];
+    const [row] = await pg.sql('kiln_fleet', 'SELECT a.artifacts_json FROM version_artifacts a JOIN model_versions v ON v.id = a.version_id WHERE v.job_id = $1', [h.workflowId]);
+    const recorded = JSON.parse(String(row!.artifacts_json)) as Array<{ name: string; uri: string; bytes: number; files: Array<{ path: string; size: number; sha256: string }> }>;
+    assert.deepEqual(recorded.map((a) => [a.name, a.uri, a.files.map((f) => f.path)]), expected.map((e) => [e.name, e.uri, e.files]));
+    const store = new S3Store(StorageSchema.parse({ kind: 's3', bucket: BUCKET, prefix: 'e2e', endpoint: moto.endpoint, forcePathStyle: true, accessKeyId: 'testing', secretAccessKey: 'testing' }) as S3StorageConfig);
+    try {
+      for (const a of recorded) {
+        const v = await verifyCheckpoint(store, a.uri.slice(store.uri.length + 1));
+        assert.ok(v.verified, `${a.uri} verifies in storage: ${JSON.stringify(v)}`);
+        for (const f of a.files) {
+          const rel = a.files.length === 1 && a.name === f.path ? f.path : `${a.name}/${f.path}`;
+          assert.equal(f.sha256, sha(rel), `${rel}: the recorded sha256 is the file's on the GPU host`);
+          assert.equal(f.size, fs.statSync(host.file(path.join(dir, rel))).size);
+        }
+      }
+    } finally {
+      store.close();
+    }
+    const show = await runKiln(env, ['models', 'show', 'spirals-notes', String(s.registry.version)], { env: moto.env });
+    assert.equal(show.code, 0, show.stderr);
+    assert.match(show.stdout, new RegExp(`stored: +model\\.json  ${esc(base)}/model\\.json  \\(1 file, \\d+ bytes\\)`));
+    assert.match(show.stdout, new RegExp(`notes\\.txt  ${esc(base)}/notes\\.txt  \\(1 file, 7 bytes\\)\\n +notes\\.txt  7 bytes  sha256 ${sha('notes.txt')}`));
+    assert.match(show.stdout, new RegExp(`plots  ${esc(base)}/plots  \\(2 files, 14 bytes\\)\\n +acc\\.csv  4 bytes  sha256 ${sha('plots/acc.csv')}\\n +loss\\.csv  10 bytes  sha256 ${sha('plots/loss.csv')}`));
   });
 });

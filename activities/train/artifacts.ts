@@ -1,10 +1,11 @@
 /**
  * With shared storage (`storage.kind: s3`), what else of an attempt must outlive its host: the model
- * artifact the trainer announced (uploaded, with each file's size and sha256, before the activity
- * returns, so evaluation and the registry on another host find it) and this attempt's part of
+ * artifact the trainer announced and every other file of the job's artifacts folder (uploaded, with
+ * each file's size and sha256, before the activity returns, so evaluation and the registry on another
+ * host find them) and this attempt's part of
  * trainer.log (uploaded every few seconds while it runs and once at the end, for `kiln logs`).
  *
- *   jobs/<id>/artifacts/<name>/...            the model, in the checkpoint layout (files/, manifest.json, COMPLETE)
+ *   jobs/<id>/artifacts/<name>/...            the model and each other entry of artifacts/, in the checkpoint layout (files/, manifest.json, COMPLETE)
  *   jobs/<id>/logs/trainer/attempt-0001.log   the part of trainer.log attempt 1 wrote
  *
  * A worker that is SIGKILLed cannot upload its attempt's last lines (the shim's and the trainer's,
@@ -17,6 +18,7 @@ import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Logger } from '../../src/logger';
 import { ErrorType } from '../../src/shared/errors';
+import type { StoredArtifact } from '../../src/shared/summary';
 import { logKey, uploadCheckpoint, uploadLog, uploadLogPeriodically, type ObjectStore } from '../../src/storage';
 import { pidfileFor, readPidfile } from '../../src/supervisor/pidfiles';
 import { artifactDir, trainerLogFile } from '../../src/supervisor/workdir';
@@ -29,6 +31,8 @@ interface PendingLog {
 const pendingFile = (workDir: string) => path.join(workDir, 'trainer.log.upload.json');
 
 const TRIES = 3;
+/** Files of one artifact recorded in the registry (the manifest in storage lists them all). */
+const MAX_FILES = 1000;
 /** How often a running attempt's log goes up (only when it changed). */
 export const LOG_UPLOAD_MS = 5000;
 
@@ -39,26 +43,48 @@ export function artifactPrefix(jobId: string, workDir: string, localPath: string
   return `jobs/${jobId}/artifacts/${name}`;
 }
 
-/**
- * Uploads the model artifact and returns its storage URI. Retried a few times; then the attempt fails
- * retryably (StorageUnavailable): a job is never reported trained with a model only this host has.
- */
-export async function uploadModel(store: ObjectStore, o: { jobId: string; workDir: string; modelPath: string; log: Logger; concurrency: number }): Promise<string> {
-  const prefix = artifactPrefix(o.jobId, o.workDir, o.modelPath);
+/** Uploads one artifact (a file or a folder) under `prefix`, a few tries; the last error is thrown. */
+async function uploadOne(store: ObjectStore, prefix: string, local: string, o: { log: Logger; concurrency: number; what: string }): Promise<StoredArtifact> {
   let last = '';
   for (let n = 1; n <= TRIES; n++) {
     try {
-      const up = await uploadCheckpoint(store, prefix, o.modelPath, { concurrency: o.concurrency });
+      const up = await uploadCheckpoint(store, prefix, local, { concurrency: o.concurrency });
       const uri = `${store.uri}/${prefix}`;
-      o.log.info({ uri, bytes: up.manifest.bytes, files: up.manifest.files.map((f) => ({ path: f.path, size: f.size, sha256: f.sha256 })), ms: up.ms }, 'model artifact uploaded and verified');
-      return uri;
+      const files = up.manifest.files.map((f) => ({ path: f.path, size: f.size, sha256: f.sha256 }));
+      o.log.info({ uri, bytes: up.manifest.bytes, files, ms: up.ms }, `${o.what} uploaded and verified`);
+      return { name: prefix.slice(prefix.indexOf('/artifacts/') + '/artifacts/'.length), uri, bytes: up.manifest.bytes, files: files.slice(0, MAX_FILES) };
     } catch (err) {
       last = err instanceof Error ? err.message : String(err);
-      o.log.warn({ try: n, of: TRIES, err: last }, n < TRIES ? 'model artifact upload failed; retrying' : 'model artifact upload failed');
+      o.log.warn({ try: n, of: TRIES, err: last, path: local }, n < TRIES ? `${o.what} upload failed; retrying` : `${o.what} upload failed`);
       if (n < TRIES) await new Promise((r) => setTimeout(r, 1000 * 2 ** (n - 1)));
     }
   }
-  throw ApplicationFailure.retryable(`cannot upload the model artifact ${o.modelPath} to ${store.uri}/${prefix}: ${last}`, ErrorType.StorageUnavailable);
+  throw new Error(last);
+}
+
+/**
+ * Uploads the model artifact and every other entry of the job's artifacts folder (each file or
+ * folder in the checkpoint layout, with each file's size and sha256), and returns the model's URI and
+ * the list. Retried a few times; then the attempt fails retryably (StorageUnavailable): a job is never
+ * reported trained with a model or artifact only this host has.
+ */
+export async function uploadArtifacts(store: ObjectStore, o: { jobId: string; workDir: string; modelPath: string; log: Logger; concurrency: number }): Promise<{ modelUri: string; artifacts: StoredArtifact[] }> {
+  const dir = artifactDir(o.workDir);
+  const others = (fs.existsSync(dir) ? fs.readdirSync(dir) : [])
+    .sort()
+    .map((name) => path.join(dir, name))
+    .filter((p) => p !== o.modelPath && !p.endsWith('.tmp') && fs.statSync(p, { throwIfNoEntry: false }) !== undefined);
+  const todo = [{ local: o.modelPath, what: 'model artifact' }, ...others.map((local) => ({ local, what: 'artifact' }))];
+  const artifacts: StoredArtifact[] = [];
+  for (const t of todo) {
+    const prefix = artifactPrefix(o.jobId, o.workDir, t.local);
+    try {
+      artifacts.push(await uploadOne(store, prefix, t.local, { log: o.log, concurrency: o.concurrency, what: t.what }));
+    } catch (err) {
+      throw ApplicationFailure.retryable(`cannot upload the ${t.what} ${t.local} to ${store.uri}/${prefix}: ${(err as Error).message}`, ErrorType.StorageUnavailable);
+    }
+  }
+  return { modelUri: artifacts[0]!.uri, artifacts };
 }
 
 /**
