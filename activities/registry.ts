@@ -107,6 +107,7 @@ async function registerVersion(deps: CommonDeps, hooks: RegistryHooks, { prepare
       metrics,
       // With storage.kind: s3 the stored model (every host can fetch it), else its path on the shared disk.
       artifactPath: train.modelUri ?? train.modelPath,
+      artifacts: train.artifacts ?? [],
       checkpointPath: train.lastCheckpoint?.path ?? null,
       requiredMetrics: p.requiredMetrics,
     }));

@@ -24,48 +24,11 @@ import { defaultConfigYaml, EXAMPLE_TRAINER, startKilnEnv, waitFor, type GpuWork
 import { createBucket, hostProcesses, hostsSkipReason, hostWrap, s3StorageYaml } from './helpers/hosts';
 import { startMoto, type MotoServer } from './helpers/moto';
 import { runKiln } from './helpers/processes';
+import { StallProxy } from './helpers/fleet';
 
 const BUCKET = 'kiln-fleet';
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const skip = hostsSkipReason();
-
-/** A TCP proxy to moto whose client→server bytes can be held (an upload that makes no progress). */
-class StallProxy {
-  held = false;
-  private readonly server: net.Server;
-  private readonly sockets = new Set<net.Socket>();
-  private readonly waiting: Array<() => void> = [];
-  port = 0;
-  constructor(target: number) {
-    this.server = net.createServer((c) => {
-      const s = net.connect(target, '127.0.0.1');
-      this.sockets.add(c).add(s);
-      c.on('data', (d) => {
-        if (!this.held) return void s.write(d);
-        c.pause();
-        this.waiting.push(() => {
-          s.write(d);
-          c.resume();
-        });
-      });
-      s.pipe(c);
-      const end = () => {
-        c.destroy();
-        s.destroy();
-      };
-      c.on('error', end).on('close', end);
-      s.on('error', end).on('close', end);
-    });
-  }
-  async listen(): Promise<void> {
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', () => r()));
-    this.port = (this.server.address() as net.AddressInfo).port;
-  }
-  async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise<void>((r) => this.server.close(() => r()));
-  }
-}
 
 const TRAINERS = `  plain:
     command: [node, ${EXAMPLE_TRAINER}]

@@ -515,7 +515,7 @@ describe('PostgreSQL registry migrations and connection errors', { skip: pgSkip 
     await (await PostgresModelRegistry.open(url)).close();
     const rows = await pg!.sql(dbOf(url), 'SELECT version, name FROM schema_migrations ORDER BY version');
     assert.deepEqual(rows, PG_MIGRATIONS.map((m) => ({ version: m.version, name: m.name })));
-    assert.deepEqual(await tables(dbOf(url)), ['decisions', 'model_versions', 'promotion_hooks', 'schema_migrations', 'stage_history']);
+    assert.deepEqual(await tables(dbOf(url)), ['decisions', 'model_versions', 'promotion_hooks', 'schema_migrations', 'stage_history', 'version_artifacts']);
     const [{ n }] = await pg!.sql(dbOf(url), 'SELECT COUNT(*)::int AS n FROM model_versions');
     assert.equal(n, 1);
   });

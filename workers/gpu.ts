@@ -17,6 +17,7 @@ import { probeCgroups, sweepEmptyCgroups } from '../src/supervisor/cgroup';
 import { reapOrphans, type PidRecord } from '../src/supervisor/pidfiles';
 import { openStore, redactStorage, type ObjectStore } from '../src/storage';
 import { probeStore } from '../src/storage/probe';
+import { uploadLeftoverLogs } from '../activities/train/artifacts';
 import { workerBase } from './common';
 import { createKilnMetrics } from './metrics';
 
@@ -95,6 +96,8 @@ export async function createGpuWorker(o: GpuWorkerOptions): Promise<{ worker: Wo
   else o.log.warn({ why: cg.why }, 'cgroups are not writable here: trainers are stopped by process group, so a trainer child that calls setsid can escape');
   const { killed, lost } = await reapOrphans(o.config.home, (msg, extra) => o.log.warn(extra, msg));
   if (killed.length) o.log.warn({ count: killed.length }, 'killed trainers orphaned by a crashed worker on this host');
+  // What a killed worker's attempts wrote to trainer.log after their last upload (the shim's and the trainer's last lines).
+  if (store) await uploadLeftoverLogs(store, o.config, o.log);
   const base = await workerBase(o.config, o.log, `gpu-${o.pool}`);
   await failLostAttempts(base.deps.client, lost, o.log);
   const leases = new GpuLeases(devices, slots);

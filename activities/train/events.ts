@@ -146,6 +146,8 @@ function wireUploader(
     for (const d of early) fs.rmSync(d.path, { recursive: true, force: true });
     await uploader.deleteStored(early);
   };
+  // A checkpoint given up after failed uploads is swept from the local disk, unless pinned or kept under its path.
+  uploader.keepLocal = (ref) => isPinned(ref.path) || progress.checkpoints.some((c) => c.path === ref.path);
   uploader.onVerified = async (ref) => {
     if (a.lease.superseded()) return;
     const { keep, drop } = verified(ref);

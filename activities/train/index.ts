@@ -16,7 +16,7 @@ import type { TrainResult } from '../../src/shared/summary';
 import { pinnedBy } from '../../src/registry/pinned';
 import type { GpuDeps } from '../deps';
 import { beginAttempt, leaseGpus, type TrainAttempt, type TrainInput } from './attempt';
-import { startTrainerLogUpload, uploadModel } from './artifacts';
+import { startTrainerLogUpload, uploadArtifacts } from './artifacts';
 import { releaseResumePin } from './events';
 import { ProgressChannel, TrainProgress } from './progress';
 import { superviseTrainer } from './supervise';
@@ -62,8 +62,11 @@ async function runAttempt(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise
         onError: (err) => errors.onError(err),
       })
     : null;
-  if (uploader) progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
-  const logUpload = deps.store ? startTrainerLogUpload(deps.store, { jobId: a.jobId, workDir: a.workDir, attempt: a.attempt, log: a.log }) : null;
+  if (uploader) {
+    progress.uploadState = () => (uploader.state ? { ...uploader.state } : null);
+    progress.uploadFailures = () => (uploader.failures ? { count: uploader.failures.count, last: { ...uploader.failures.last } } : null);
+  }
+  const logUpload = deps.store ? await startTrainerLogUpload(deps.store, { jobId: a.jobId, workDir: a.workDir, attempt: a.attempt, log: a.log }) : null;
   let result: TrainResult;
   try {
     result = await superviseTrainer(deps, ctx, a, { gpuIds, leaseOwner, progress, channel, uploader, errors });
@@ -74,15 +77,15 @@ async function runAttempt(deps: GpuDeps, ctx: Context, a: TrainAttempt): Promise
   return storeModel(deps, a, result, channel);
 }
 
-/** With shared storage, the trained model goes up before the activity returns; the result carries its URI. */
+/** With shared storage, the trained model and the rest of the artifacts folder go up before the activity returns; the result carries their URIs. */
 async function storeModel(deps: GpuDeps, a: TrainAttempt, result: TrainResult, channel: ProgressChannel): Promise<TrainResult> {
   if (!deps.store || !result.modelPath || a.lease.superseded()) return result;
   // Heartbeats keep the attempt's details (its checkpoints), so a retry after a failed upload resumes.
   const ticker = setInterval(() => channel.heartbeat(), 1000);
   try {
     const concurrency = deps.config.storage.kind === 's3' ? deps.config.storage.concurrency : 4;
-    const modelUri = await uploadModel(deps.store, { jobId: a.jobId, workDir: a.workDir, modelPath: result.modelPath, log: a.log, concurrency });
-    return { ...result, modelUri };
+    const { modelUri, artifacts } = await uploadArtifacts(deps.store, { jobId: a.jobId, workDir: a.workDir, modelPath: result.modelPath, log: a.log, concurrency });
+    return { ...result, modelUri, artifacts };
   } finally {
     clearInterval(ticker);
   }

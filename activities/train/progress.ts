@@ -42,6 +42,8 @@ export class TrainProgress {
   checkpointBytes: number;
   /** The checkpoint upload in flight (shared storage), for heartbeat details and the status line. */
   uploadState: () => ProgressReport['upload'] = () => null;
+  /** Checkpoints given up after failed uploads (shared storage). */
+  uploadFailures: () => ProgressReport['uploadFailures'] = () => null;
   /** Set when this attempt found every recorded checkpoint unreachable and started from step 0. */
   restartedFromScratch: ProgressReport['restartedFromScratch'] = null;
   /** Newer checkpoints this attempt did not resume from: changed on disk since they were verified. */
@@ -96,7 +98,7 @@ export class TrainProgress {
   heartbeat(): TrainHeartbeat {
     const sps = this.stepsPerSec();
     const eta = sps && this.totalSteps ? Math.max(0, ((this.totalSteps - this.step) / sps) * 1000) : null;
-    const line = `attempt ${this.attempt} on ${this.workerId}: ${progressLine({ ...this, metrics: this.metrics, etaMs: eta, upload: this.uploadState() }, formatDuration)}`;
+    const line = `attempt ${this.attempt} on ${this.workerId}: ${progressLine({ ...this, metrics: this.metrics, etaMs: eta, upload: this.uploadState(), uploadFailures: this.uploadFailures() }, formatDuration)}`;
     return {
       line,
       attempt: this.attempt,
@@ -109,6 +111,7 @@ export class TrainProgress {
       gpu: this.gpu,
       workerId: this.workerId,
       upload: this.uploadState(),
+      uploadFailures: this.uploadFailures(),
       restartedFromScratch: this.restartedFromScratch,
     };
   }
@@ -136,6 +139,7 @@ export class TrainProgress {
       etaMs: sps && this.totalSteps ? Math.max(0, ((this.totalSteps - this.step) / sps) * 1000) : null,
       lastProgressAt: this.lastProgressAt,
       upload: this.uploadState(),
+      uploadFailures: this.uploadFailures(),
       restartedFromScratch: this.restartedFromScratch,
       ...(this.skippedCheckpoints.length ? { skippedCheckpoints: this.skippedCheckpoints } : {}),
       final,

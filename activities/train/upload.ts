@@ -55,16 +55,25 @@ export interface UploadState {
   queued: number;
 }
 
+/** Checkpoints given up after TRIES failed uploads, for heartbeat details and the status line. */
+export interface UploadFailures {
+  count: number;
+  /** The last one given up: its step, the last error, and whether its local copy was deleted. */
+  last: { step: number; tries: number; error: string; localDeleted: boolean };
+}
+
 export class CheckpointUploader {
   private readonly queue: CheckpointRef[] = [];
   private running: Promise<void> | null = null;
   /** The upload in flight, for heartbeat details and the status line. */
   state: UploadState | null = null;
-  /** Checkpoints given up after TRIES failed uploads. */
-  failed = 0;
   /** Waiting checkpoints dropped unsent: newer ones pushed them out of retention. */
   skipped = 0;
   private inFlight: CheckpointRef | null = null;
+  /** Checkpoints given up after TRIES failed uploads (never resume points; their local copies are swept). */
+  failures: UploadFailures | null = null;
+  /** The last upload error of the checkpoint in flight. */
+  private lastError = '';
 
   constructor(
     private readonly store: ObjectStore,
@@ -92,6 +101,8 @@ export class CheckpointUploader {
   beforeUpload: (ref: CheckpointRef) => Promise<void> = async () => {};
   /** Of the waiting checkpoints, those retention drops given the newer ones (set by the event handler). */
   supersededInQueue: (queued: readonly CheckpointRef[], inFlight: CheckpointRef | null) => CheckpointRef[] = () => [];
+  /** Whether a given-up checkpoint's local copy must stay (pinned, or kept under the same path); set by the event handler. */
+  keepLocal: (ref: CheckpointRef) => boolean = () => false;
 
   enqueue(ref: CheckpointRef): void {
     this.queue.push(ref);
@@ -157,7 +168,7 @@ export class CheckpointUploader {
     this.state = this.queue.length ? { step: this.queue[0]!.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length - 1 } : null;
     if (uri === 'superseded') return;
     if (uri === null) {
-      this.failed += 1;
+      if (this.lastError) this.giveUp(ref, this.lastError);
       return;
     }
     if (!this.o.stillOwner()) return;
@@ -184,10 +195,12 @@ export class CheckpointUploader {
     const { log } = this.o;
     const superseded = () => this.notUploaded(ref);
     const owner = () => this.ownerNow();
+    this.lastError = '';
     for (let n = 1; n <= TRIES; n++) {
       if (!this.o.stillOwner()) return superseded();
       if (!fs.existsSync(ref.path)) {
         log.warn({ step: ref.step, path: ref.path }, 'checkpoint vanished before it was uploaded: not a resume point');
+        this.lastError = '';
         return null;
       }
       this.state = { step: ref.step, doneBytes: 0, totalBytes: 0, queued: this.queue.length };
@@ -209,11 +222,33 @@ export class CheckpointUploader {
         return uri;
       } catch (err) {
         if (lost) return superseded();
-        log.warn({ step: ref.step, try: n, of: TRIES, err: err instanceof Error ? err.message : String(err) }, n < TRIES ? 'checkpoint upload failed; retrying' : 'checkpoint upload failed: it is not a resume point');
+        this.lastError = err instanceof Error ? err.message : String(err);
+        log.warn({ step: ref.step, try: n, of: TRIES, err: this.lastError }, n < TRIES ? 'checkpoint upload failed; retrying' : 'checkpoint upload failed: it is not a resume point');
         if (n < TRIES) await new Promise((r) => setTimeout(r, 1000 * 2 ** (n - 1)));
       }
     }
     return null;
+  }
+
+  /**
+   * A checkpoint whose uploads all failed is not a resume point and is not counted by retention, so
+   * its local copy would stay forever: it is deleted (unless pinned), and the status line says so.
+   */
+  private giveUp(ref: CheckpointRef, error: string): void {
+    let localDeleted = false;
+    if (!this.keepLocal(ref)) {
+      try {
+        fs.rmSync(ref.path, { recursive: true, force: true });
+        localDeleted = true;
+      } catch (err) {
+        this.o.log.warn({ step: ref.step, path: ref.path, err: String(err) }, 'cannot delete the local copy of a checkpoint that was not stored');
+      }
+    }
+    this.failures = { count: (this.failures?.count ?? 0) + 1, last: { step: ref.step, tries: TRIES, error: error.slice(0, 500), localDeleted } };
+    this.o.log.warn(
+      { step: ref.step, path: ref.path, tries: TRIES, err: error, localDeleted },
+      localDeleted ? `checkpoint step ${ref.step} not stored after ${TRIES} upload tries: not a resume point; its local copy was deleted` : `checkpoint step ${ref.step} not stored after ${TRIES} upload tries: not a resume point; its local copy is kept (pinned)`,
+    );
   }
 
   /** Removes checkpoints retention dropped from storage (marker first); a failure is only logged. */

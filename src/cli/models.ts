@@ -89,6 +89,16 @@ function artifactText(a: string | null): string {
   return /^[a-z][a-z0-9+.-]*:\/\//.test(a) ? `${a} (in object storage)` : `${a} (pinned)`;
 }
 
+/** `  stored:      notes.txt  s3://…/artifacts/notes.txt` then each file's size and sha256. */
+function storedText(v: ModelVersion): string[] {
+  const out: string[] = [];
+  for (const [i, a] of (v.artifacts ?? []).entries()) {
+    out.push(`  ${i === 0 ? 'stored:  ' : '         '}   ${a.name}  ${a.uri}  (${a.files.length} file${a.files.length === 1 ? '' : 's'}, ${a.bytes} bytes)`);
+    for (const f of a.files) out.push(`                 ${f.path}  ${f.size} bytes  sha256 ${f.sha256}`);
+  }
+  return out;
+}
+
 function renderVersion(config: KilnConfig, v: ModelVersion): string[] {
   const lines = [
     `${v.model} v${v.version}  ${v.stage}${v.complete ? '' : `  INCOMPLETE: missing required metrics ${v.missingMetrics.join(', ')}; can never be promoted`}`,
@@ -99,6 +109,7 @@ function renderVersion(config: KilnConfig, v: ModelVersion): string[] {
     `  dataset:     ${v.datasetFingerprint}`,
     `  base:        ${v.baseCheckpoint ?? '-'}`,
     `  artifact:    ${artifactText(v.artifactPath)}`,
+    ...storedText(v),
     `  checkpoint:  ${v.checkpointPath ? `${v.checkpointPath} (pinned)` : '-'}`,
     `  metrics:     ${metricsText(v.metrics, preferredMetrics(config, v.model))}`,
     `  complete:    ${completeText(v)}`,

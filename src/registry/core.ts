@@ -78,6 +78,7 @@ function finiteMetrics(metrics: Record<string, number | null | undefined>): Reco
 
 async function hydrate(tx: Tx, row: VersionRow): Promise<ModelVersion> {
   const decisions = await tx.all<DecisionRow>(`SELECT ${DECISION_COLS} FROM decisions WHERE version_id = ? ORDER BY id`, [row.id]);
+  const stored = await tx.get<{ artifacts_json: string }>('SELECT artifacts_json FROM version_artifacts WHERE version_id = ?', [row.id]);
   return {
     model: row.model,
     version: Number(row.version),
@@ -89,6 +90,7 @@ async function hydrate(tx: Tx, row: VersionRow): Promise<ModelVersion> {
     baseCheckpoint: row.base_checkpoint,
     metrics: JSON.parse(row.metrics_json) as Record<string, number>,
     artifactPath: row.artifact_path,
+    artifacts: stored ? (JSON.parse(stored.artifacts_json) as ModelVersion['artifacts']) : [],
     checkpointPath: row.checkpoint_path,
     createdAt: row.created_at,
     stage: row.stage,
@@ -200,6 +202,7 @@ async function registerIn(tx: Tx, input: RegisterInput): Promise<RegisterResult>
       JSON.stringify(missing),
     ],
   );
+  if (input.artifacts?.length) await tx.run('INSERT INTO version_artifacts (version_id, artifacts_json) VALUES (?, ?)', [id, JSON.stringify(input.artifacts)]);
   await recordStage(tx, id, 'candidate', createdAt);
   return { version: await hydrate(tx, await rowById(tx, id)), created: true };
 }

@@ -70,6 +70,18 @@ export const PG_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 4,
+    name: 'stored-artifacts',
+    sql: `
+      -- What of the job's artifacts folder went to object storage (storage.kind: s3): each entry's name, URI, files' sizes and sha256.
+      -- A table of its own (no ALTER of model_versions): a role that did not create the old tables can still migrate.
+      CREATE TABLE version_artifacts (
+        version_id     INTEGER PRIMARY KEY REFERENCES model_versions (id),
+        artifacts_json TEXT    NOT NULL
+      );
+    `,
+  },
 ];
 
 export const PG_SCHEMA_VERSION = PG_MIGRATIONS.length;

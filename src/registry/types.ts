@@ -37,6 +37,8 @@ export interface ModelVersion {
   baseCheckpoint: string | null;
   metrics: Record<string, number>;
   artifactPath: string | null;
+  /** What of the job's artifacts folder is in object storage (storage.kind: s3), the model included; empty otherwise. */
+  artifacts: StoredArtifact[];
   /** The checkpoint the model came from; pinned against retention. */
   checkpointPath: string | null;
   createdAt: string;
@@ -46,6 +48,9 @@ export interface ModelVersion {
   /** Oldest first. */
   decisions: Decision[];
 }
+
+export type { StoredArtifact } from '../shared/summary';
+import type { StoredArtifact } from '../shared/summary';
 
 export interface RegisterInput {
   model: string;
@@ -58,6 +63,8 @@ export interface RegisterInput {
   /** Non-finite values (NaN, ±Infinity) are dropped and count as missing. */
   metrics: Record<string, number | null | undefined>;
   artifactPath: string | null;
+  /** Stored artifacts (storage.kind: s3); none by default. */
+  artifacts?: StoredArtifact[];
   checkpointPath: string | null;
   /** Metrics a version must have to be promotable. */
   requiredMetrics: string[];

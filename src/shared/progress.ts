@@ -77,6 +77,11 @@ export const ProgressReportSchema = z.object({
   lastProgressAt: z.string().max(64).nullable(),
   /** A checkpoint being uploaded to storage (not yet verified, not a resume point). */
   upload: z.object({ step: z.number().int().min(0), doneBytes: num, totalBytes: num, queued: z.number().int().min(0) }).nullable().optional(),
+  /** Checkpoints this attempt gave up storing (every upload try failed): not resume points; the last one's step, error and whether its local copy was deleted. */
+  uploadFailures: z
+    .object({ count: z.number().int().min(1), last: z.object({ step: z.number().int().min(0), tries: z.number().int().min(1), error: z.string().max(4000), localDeleted: z.boolean() }) })
+    .nullable()
+    .optional(),
   /** This attempt found every recorded checkpoint unreachable and started over (onLostCheckpoints: restart). */
   restartedFromScratch: z.object({ stepsLost: z.number().int().min(0), reason: z.string().max(4000) }).nullable().optional(),
   /** Recorded checkpoints this attempt stepped over: changed on disk since they were verified. */
@@ -87,7 +92,7 @@ export const ProgressReportSchema = z.object({
 export type ProgressReport = z.infer<typeof ProgressReportSchema>;
 
 /** What every train heartbeat carries (a view of the report); a retry reads it back from heartbeatDetails. */
-export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId' | 'upload' | 'restartedFromScratch'> & {
+export type TrainHeartbeat = Pick<ProgressReport, 'attempt' | 'step' | 'epoch' | 'lastCheckpoint' | 'checkpoints' | 'metrics' | 'gpu' | 'workerId' | 'upload' | 'uploadFailures' | 'restartedFromScratch'> & {
   /** One sentence for people reading the raw details (Web UI, describe): `attempt 2 on host:12:gpu-gpu: epoch 3/5 · step 120/200 · loss 0.0183`. */
   line?: string;
 };
@@ -96,7 +101,7 @@ export const PHASES = ['queued', 'preparing', 'training', 'evaluating', 'registe
 export type Phase = (typeof PHASES)[number];
 
 /** `epoch 3/50 · step 120/640 · loss 0.018 · ETA 4m` */
-export function progressLine(p: Pick<ProgressReport, 'step' | 'totalSteps' | 'epoch' | 'totalEpochs' | 'metrics' | 'etaMs' | 'upload' | 'restartedFromScratch'>, fmt: (ms: number) => string): string {
+export function progressLine(p: Pick<ProgressReport, 'step' | 'totalSteps' | 'epoch' | 'totalEpochs' | 'metrics' | 'etaMs' | 'upload' | 'uploadFailures' | 'restartedFromScratch'>, fmt: (ms: number) => string): string {
   const parts: string[] = [];
   if (p.epoch !== null) parts.push(`epoch ${p.epoch}${p.totalEpochs ? `/${p.totalEpochs}` : ''}`);
   parts.push(`step ${p.step}${p.totalSteps ? `/${p.totalSteps}` : ''}`);
@@ -104,6 +109,7 @@ export function progressLine(p: Pick<ProgressReport, 'step' | 'totalSteps' | 'ep
   if (typeof loss === 'number') parts.push(`loss ${loss.toPrecision(3)}`);
   if (p.etaMs !== null) parts.push(`ETA ${fmt(p.etaMs)}`);
   if (p.upload) parts.push(uploadLine(p.upload));
+  if (p.uploadFailures) parts.push(uploadFailureLine(p.uploadFailures));
   if (p.restartedFromScratch) parts.push(`restarted from step 0: ${p.restartedFromScratch.stepsLost} steps lost (${p.restartedFromScratch.reason.split('\n')[0]})`);
   return parts.join(' · ');
 }
@@ -126,6 +132,14 @@ export function readableNumber(x: number): number {
 /** Metrics with readableNumber applied to each value (heartbeat details, the job summary). */
 export function readableMetrics(m: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(m).map(([k, v]) => [k, readableNumber(v)]));
+}
+
+/** `1 checkpoint not stored: step 40 after 3 failed uploads (…), not a resume point; local copy deleted` */
+export function uploadFailureLine(f: NonNullable<ProgressReport['uploadFailures']>): string {
+  const n = f.count === 1 ? '1 checkpoint' : `${f.count} checkpoints`;
+  const local = f.last.localDeleted ? 'local copy deleted' : 'local copy kept (pinned)';
+  const err = f.last.error.split('\n')[0]!;
+  return `${n} not stored: step ${f.last.step} after ${f.last.tries} failed uploads (${err.length > 240 ? `${err.slice(0, 240)}…` : err}), not a resume point; ${local}`;
 }
 
 const GiB = 2 ** 30;

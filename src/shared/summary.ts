@@ -5,6 +5,15 @@
 import { readableNumber, type CheckpointRef, type GpuTelemetry, type Phase, type ProgressReport } from './progress';
 import type { RetryRecord } from './retry';
 
+/** A file or folder of the job's artifacts folder in object storage: its URI and each file's size and sha256. */
+export interface StoredArtifact {
+  /** Its path under the artifacts folder: `model.json`, `plots`. */
+  name: string;
+  uri: string;
+  bytes: number;
+  files: Array<{ path: string; size: number; sha256: string }>;
+}
+
 export interface TrainResult {
   attempt: number;
   workerId: string;
@@ -16,6 +25,8 @@ export interface TrainResult {
   modelPath: string | null;
   /** Where the model artifact is stored (`storage.kind: s3`): `s3://bucket/prefix/jobs/<id>/artifacts/<name>`. Absent otherwise and in older histories. */
   modelUri?: string | null;
+  /** Every entry of the job's artifacts folder uploaded with the model (`storage.kind: s3`), the model first. */
+  artifacts?: StoredArtifact[];
   lastCheckpoint: CheckpointRef | null;
   checkpoints: CheckpointRef[];
   gpuIds: string[];

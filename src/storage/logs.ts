@@ -54,17 +54,21 @@ export async function readLog(store: ObjectStore, key: string): Promise<string |
 }
 
 /**
- * Uploads `file` every `everyMs` while it changed; `stop()` uploads once more and resolves when done.
- * Failures go to `onError` and the next round tries again: a log upload never stops a job.
+ * Uploads `file` every `everyMs` while it changed; `stop()` uploads once more and resolves when done,
+ * with whether the file as it was then is in storage. Failures go to `onError` and the next round
+ * tries again: a log upload never stops a job.
  */
-export function uploadLogPeriodically(store: ObjectStore, key: string, file: string, everyMs: number, onError: (err: unknown) => void = () => {}, from = 0): { stop(): Promise<void> } {
+export function uploadLogPeriodically(store: ObjectStore, key: string, file: string, everyMs: number, onError: (err: unknown) => void = () => {}, from = 0): { stop(): Promise<boolean> } {
   let last = '';
   let running: Promise<void> = Promise.resolve();
+  const stampOf = () => {
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    return st ? `${st.size}:${st.mtimeMs}` : '';
+  };
   const round = () => {
     running = running.then(async () => {
-      const st = fs.statSync(file, { throwIfNoEntry: false });
-      const stamp = st ? `${st.size}:${st.mtimeMs}` : '';
-      if (!st || stamp === last) return;
+      const stamp = stampOf();
+      if (!stamp || stamp === last) return;
       try {
         await uploadLog(store, key, file, from);
         last = stamp;
@@ -80,6 +84,7 @@ export function uploadLogPeriodically(store: ObjectStore, key: string, file: str
     stop: async () => {
       clearInterval(timer);
       await round();
+      return stampOf() === last;
     },
   };
 }
