@@ -19,7 +19,20 @@ import type { CheckpointUploader } from './upload';
 
 const VALIDATION_SPLITS = new Set(['validation', 'val', 'eval']);
 
-export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: TrainProgress, channel: ProgressChannel, uploader?: CheckpointUploader | null): (e: TrainerEvent) => void {
+/** The event handler, and the local checkpoint verifications it still has queued (awaited when the trainer exits). */
+export interface TrainerEvents {
+  onEvent: (e: TrainerEvent) => void;
+  settled: () => Promise<void>;
+}
+
+export function trainerEventHandler(
+  deps: GpuDeps,
+  a: TrainAttempt,
+  progress: TrainProgress,
+  channel: ProgressChannel,
+  o: { uploader?: CheckpointUploader | null; onError: (err: unknown) => void },
+): TrainerEvents {
+  const { uploader } = o;
   const { log, workDir, jobId } = a;
   // The pause checkpoint and the base checkpoint are what this attempt started from: never pruned.
   // Nor are quarantined ones (kept for inspection until the job ends).
@@ -49,16 +62,32 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
     else verifiedLocal(ref);
   };
 
-  /** Local storage: the size and sha256 go into the manifest, checked again before a resume. */
+  /**
+   * Local storage: the size and sha256 go into the manifest, checked again before a resume. Hashing
+   * streams (the event loop keeps running, heartbeating as it goes); checkpoints are verified one at
+   * a time in the order announced, so retention and the manifest see them in that order.
+   */
+  let queue: Promise<void> = Promise.resolve();
   const verifiedLocal = (ref: CheckpointRef) => {
-    let digest: CheckpointDigest;
-    try {
-      digest = digestCheckpoint(ref.path);
-    } catch (err) {
-      log.warn({ path: ref.path, err: err instanceof Error ? err.message : String(err) }, 'trainer announced a checkpoint that cannot be read; ignored');
-      return;
-    }
-    verified({ ...ref, ...digest });
+    queue = queue.then(async () => {
+      let digest: CheckpointDigest;
+      try {
+        digest = await digestCheckpoint(ref.path, { onProgress: () => channel.heartbeat() });
+      } catch (err) {
+        log.warn({ path: ref.path, err: err instanceof Error ? err.message : String(err) }, 'trainer announced a checkpoint that cannot be read; ignored');
+        return;
+      }
+      if (a.lease.superseded()) {
+        log.warn({ step: ref.step }, 'checkpoint from a superseded attempt ignored');
+        return;
+      }
+      // A disk error recording it (ENOSPC in the manifest) fails this attempt, never the worker.
+      try {
+        verified({ ...ref, ...digest });
+      } catch (err) {
+        o.onError(err);
+      }
+    });
   };
 
   /** A verified checkpoint: retention (local copies, and stored objects), the manifest, a heartbeat. */
@@ -78,7 +107,7 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
   };
   if (uploader) wireUploader(uploader, a, progress, isPinned, verified);
 
-  return (e: TrainerEvent) => {
+  const onEvent = (e: TrainerEvent) => {
     switch (e.type) {
       case 'progress':
         progress.onProgress(e);
@@ -101,6 +130,7 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
       }
     }
   };
+  return { onEvent, settled: () => queue };
 }
 
 /**
