@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ApplicationFailure } from '@temporalio/common';
 import { isSkipped } from '../src/shared/progress';
-import { checkpointMismatch, digestCheckpoint } from '../src/supervisor/checkpointDigest';
+import { checkpointMismatch, digestCheckpoint, digestSmallCheckpoint } from '../src/supervisor/checkpointDigest';
 import { readManifest } from '../src/supervisor/workdir';
 import { CheckpointSuspects, noteFailure } from '../workflows/suspects';
 import { assertRecovered, watchJob } from './helpers/faults';
@@ -37,6 +37,7 @@ describe('checkpoint digests', () => {
       assert.equal(d.bytes, fs.statSync(file).size);
       assert.match(d.sha256, /^[0-9a-f]{64}$/);
       assert.equal(f.bytes, 10);
+      assert.deepEqual([digestSmallCheckpoint(file), digestSmallCheckpoint(folder)], [d, f], 'the one-pass hash of a small checkpoint is the streamed one');
       assert.equal(await checkpointMismatch(file, d), null, 'intact file');
       assert.equal(await checkpointMismatch(folder, f), null, 'intact folder');
       assert.equal(await checkpointMismatch(file, {}), null, 'nothing recorded (an older manifest): not checked');

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { test } from 'node:test';
-import { checkpointMismatch, digestCheckpoint } from '../src/supervisor/checkpointDigest';
+import { checkpointMismatch, digestCheckpoint, digestSmallCheckpoint } from '../src/supervisor/checkpointDigest';
 
 const SIZE = 512 * 1024 * 1024;
 /** No single turn of the event loop may wait this long while hashing (heartbeats, shim pings run meanwhile). */
@@ -45,6 +45,7 @@ test('a 512 MiB checkpoint gets a full sha256 without blocking the event loop', 
     assert.equal(reported, SIZE, 'progress reported up to the whole size');
     assert.ok(maxMs < MAX_BLOCK_MS, `the event loop was blocked for ${Math.round(maxMs)} ms at once while hashing (bound ${MAX_BLOCK_MS} ms)`);
     assert.ok(ticks > 0, 'timers ran while hashing');
+    assert.equal(digestSmallCheckpoint(file), null, 'too large for the one-pass hash');
 
     // Above the old 256 MiB limit the sha256 is recorded, so an overwrite of the same size is caught.
     assert.equal(await checkpointMismatch(file, d), null, 'intact');

@@ -5,7 +5,8 @@
  *
  * Hashing streams the checkpoint through sha256 in DIGEST_CHUNK_BYTES reads, each awaited, so the
  * event loop (heartbeats, the shim's pings, other jobs' events) runs between chunks whatever the
- * size: every checkpoint gets a sha256. Manifests written before that may lack sha256 above 256 MiB
+ * size: every checkpoint gets a sha256 (one of at most DIGEST_SYNC_MAX_BYTES may be hashed in one
+ * synchronous pass instead, so it is verified at once). Manifests written before that may lack sha256 above 256 MiB
  * (or both fields): only what was recorded is checked.
  */
 import * as crypto from 'node:crypto';
@@ -52,6 +53,26 @@ async function hashInto(h: crypto.Hash, file: string, buf: Buffer, progress: (n:
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * At or below this total a checkpoint may be hashed in one synchronous pass (milliseconds), so a
+ * small checkpoint is verified (and retention prunes) at once, as the trainer announces it.
+ */
+export const DIGEST_SYNC_MAX_BYTES = 4 * 1024 * 1024;
+
+/** Size and sha256 of a small checkpoint, synchronously; null when it is above DIGEST_SYNC_MAX_BYTES (use digestCheckpoint). Throws if it is unreadable. */
+export function digestSmallCheckpoint(p: string): CheckpointDigest | null {
+  const files = filesOf(p);
+  const bytes = files.reduce((s, f) => s + f.size, 0);
+  if (bytes > DIGEST_SYNC_MAX_BYTES) return null;
+  const h = crypto.createHash('sha256');
+  const single = files.length === 1 && files[0]!.abs === p;
+  for (const f of files) {
+    if (!single) h.update(`${f.rel}\0${f.size}\0`);
+    h.update(fs.readFileSync(f.abs));
+  }
+  return { bytes, sha256: h.digest('hex') };
 }
 
 /** Size and sha256 of a checkpoint file or folder, streamed without blocking the event loop. Rejects if it is unreadable. */
