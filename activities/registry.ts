@@ -81,7 +81,7 @@ export function createRegistryActivities(deps: CommonDeps, hooks: RegistryHooks 
 async function withOnPromote<R extends { version: number; stage: string; decision: string }>(deps: CommonDeps, model: string, r: R): Promise<R> {
   if (r.stage !== 'production') return r;
   try {
-    const out = await runOnPromote(deps.config, await deps.registry(), model, r.version, deps.workerId);
+    const out = await runOnPromote(deps.config, await deps.registry(), model, r.version, deps.workerId, (fn) => fn(deps.client));
     return out.line ? { ...r, decision: `${r.decision}; ${out.line}` } : r;
   } catch (err) {
     const attempt = Context.current().info.attempt;

@@ -23,6 +23,10 @@ const BENCHES: Record<string, { what: string; usage: string }> = {
     what: 'GPU path (issue 15): the PyTorch example bare vs under Kiln, two jobs on two devices, nvidia-smi telemetry (writes only where a GPU exists)',
     usage: '[--epochs 20] [--samples 65536] [--batch 256] [--hidden 1024] [--no-write]',
   },
+  checkpoints: {
+    what: 'Checkpoint hashing (issue 16): sha256 time by checkpoint size and the event-loop delay meanwhile (prints only)',
+    usage: '[--mib 256,1024,4096] [--runs 3]',
+  },
   history: {
     what: 'History growth (issue 16): history events per hour of training at 1 checkpoint/s and 1/min (prints only)',
     usage: '[--minutes 60]',

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ApplicationFailure } from '@temporalio/common';
 import { isSkipped } from '../src/shared/progress';
-import { checkpointMismatch, digestCheckpoint } from '../src/supervisor/checkpointDigest';
+import { checkpointMismatch, digestCheckpoint, digestSmallCheckpoint } from '../src/supervisor/checkpointDigest';
 import { readManifest } from '../src/supervisor/workdir';
 import { CheckpointSuspects, noteFailure } from '../workflows/suspects';
 import { assertRecovered, watchJob } from './helpers/faults';
@@ -23,7 +23,7 @@ const EVERY = 5;
 const PARAMS = { epochs: 4, steps_per_epoch: 20, step_delay_ms: 40, checkpoint_every: EVERY };
 
 describe('checkpoint digests', () => {
-  test('a truncated, an overwritten and an unreadable checkpoint are told apart from an intact one', () => {
+  test('a truncated, an overwritten and an unreadable checkpoint are told apart from an intact one', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-digest-'));
     try {
       const file = path.join(dir, 'step-5.ckpt.json');
@@ -32,23 +32,25 @@ describe('checkpoint digests', () => {
       fs.mkdirSync(path.join(folder, 'sub'), { recursive: true });
       fs.writeFileSync(path.join(folder, 'a.bin'), 'aaaa');
       fs.writeFileSync(path.join(folder, 'sub', 'b.bin'), 'bbbbbb');
-      const d = digestCheckpoint(file);
-      const f = digestCheckpoint(folder);
+      const d = await digestCheckpoint(file);
+      const f = await digestCheckpoint(folder);
       assert.equal(d.bytes, fs.statSync(file).size);
-      assert.match(d.sha256 ?? '', /^[0-9a-f]{64}$/);
+      assert.match(d.sha256, /^[0-9a-f]{64}$/);
       assert.equal(f.bytes, 10);
-      assert.equal(checkpointMismatch(file, d), null, 'intact file');
-      assert.equal(checkpointMismatch(folder, f), null, 'intact folder');
-      assert.equal(checkpointMismatch(file, {}), null, 'nothing recorded (an older manifest): not checked');
+      assert.deepEqual([digestSmallCheckpoint(file), digestSmallCheckpoint(folder)], [d, f], 'the one-pass hash of a small checkpoint is the streamed one');
+      assert.equal(await checkpointMismatch(file, d), null, 'intact file');
+      assert.equal(await checkpointMismatch(folder, f), null, 'intact folder');
+      assert.equal(await checkpointMismatch(file, {}), null, 'nothing recorded (an older manifest): not checked');
+      assert.equal(await checkpointMismatch(file, { bytes: d.bytes }), null, 'size only (a manifest from when large checkpoints got no sha256): the size is checked');
 
       fs.truncateSync(file, 4);
-      assert.match(checkpointMismatch(file, d) ?? '', /has 4 bytes, \d+ when it was verified/);
+      assert.match((await checkpointMismatch(file, d)) ?? '', /has 4 bytes, \d+ when it was verified/);
       fs.writeFileSync(path.join(folder, 'a.bin'), 'AAAA');
-      assert.match(checkpointMismatch(folder, f) ?? '', /sha256 .* when it was verified \(overwritten\)/);
+      assert.match((await checkpointMismatch(folder, f)) ?? '', /sha256 .* when it was verified \(overwritten\)/);
       fs.rmSync(path.join(folder, 'sub'), { recursive: true });
-      assert.match(checkpointMismatch(folder, f) ?? '', /has 4 bytes, 10 when/);
+      assert.match((await checkpointMismatch(folder, f)) ?? '', /has 4 bytes, 10 when/);
       fs.rmSync(file);
-      assert.match(checkpointMismatch(file, d) ?? '', /cannot be read/);
+      assert.match((await checkpointMismatch(file, d)) ?? '', /cannot be read/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -119,7 +121,7 @@ describe('bad checkpoint on disk', { concurrency: 1 }, () => {
     const [newest, previous] = manifest;
     assert.ok(newest && previous, 'two checkpoints in the manifest');
     assert.equal(newest.bytes, fs.statSync(newest.path).size, 'the manifest records the verified size');
-    assert.equal(newest.sha256, digestCheckpoint(newest.path).sha256, 'the manifest records the verified sha256');
+    assert.equal(newest.sha256, (await digestCheckpoint(newest.path)).sha256, 'the manifest records the verified sha256');
     fs.truncateSync(newest.path, Math.floor(newest.bytes! / 2));
     process.kill(worker, 'SIGKILL');
     process.kill(trainer, 'SIGKILL');

@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import { createLogger } from '../src/logger';
 import { checkpointDir, chooseResumePoint, writeManifest } from '../src/supervisor/workdir';
 
-test('the unannounced-checkpoint sweep matches the kit temp names and nothing a framework keeps', () => {
+test('the unannounced-checkpoint sweep matches the kit temp names and nothing a framework keeps', async () => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kiln-workdir-'));
   try {
     const ck = checkpointDir(work);
@@ -27,7 +27,7 @@ test('the unannounced-checkpoint sweep matches the kit temp names and nothing a 
     const kept = ['trainer_state.json', 'round-15.json.bak', 'model.json', 'notes.txt'];
     for (const n of [...swept, ...kept]) touch(n);
     const log = createLogger({ name: 'test', level: 'silent', pretty: false });
-    const r = chooseResumePoint(work, { heartbeat: null, resumeFrom: null, isPinned: () => false, log, gen: Date.now() });
+    const r = await chooseResumePoint(work, { heartbeat: null, resumeFrom: null, isPinned: () => false, log, gen: Date.now() });
     assert.equal(r.resumedFrom?.step, 10);
     const left = fs.readdirSync(ck).sort();
     assert.deepEqual(left, ['round-10.json', 'step-4.ckpt', 'runs', ...kept].sort());

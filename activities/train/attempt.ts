@@ -172,7 +172,9 @@ async function findResumePoint(
   }
   const recorded = recordedCheckpoints([readManifest(workDir), heartbeat?.checkpoints ?? [], input.resumeFrom ? [input.resumeFrom] : []]).filter((c) => insideDir(workDir, c.path));
   const quarantined = new Set((input.skip ?? []).filter((s) => s.quarantined).map((s) => s.path));
-  const resume = chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => quarantined.has(cp) || deps.isPinned(cp), log, gen: o.gen, skip: input.skip, maxStep: input.maxResumeStep });
+  // Checking a large checkpoint's sha256 takes a while: heartbeat (throttled by the SDK) as it goes.
+  const onHashing = () => ctx.heartbeat({ ...waitingHeartbeat({ attempt: o.attempt, workerId: deps.workerId, resumedFrom: heartbeat?.lastCheckpoint ?? null, checkpoints: [...recorded].reverse() }), step: heartbeat?.step ?? 0 });
+  const resume = await chooseResumePoint(workDir, { heartbeat, resumeFrom: input.resumeFrom, isPinned: (cp) => quarantined.has(cp) || deps.isPinned(cp), log, gen: o.gen, skip: input.skip, maxStep: input.maxResumeStep, onHashing });
   return { resume, recorded };
 }
 

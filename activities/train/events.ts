@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import type { CheckpointRef } from '../../src/shared/progress';
 import type { TrainResult } from '../../src/shared/summary';
 import type { TrainerEvent } from '../../src/supervisor/protocol';
-import { digestCheckpoint, type CheckpointDigest } from '../../src/supervisor/checkpointDigest';
+import { digestCheckpoint, digestSmallCheckpoint, type CheckpointDigest } from '../../src/supervisor/checkpointDigest';
 import { selectKept } from '../../src/supervisor/retention';
 import { insideDir, writeManifest } from '../../src/supervisor/workdir';
 import type { PreparedJob } from '../../src/shared/spec';
@@ -19,7 +19,20 @@ import type { CheckpointUploader } from './upload';
 
 const VALIDATION_SPLITS = new Set(['validation', 'val', 'eval']);
 
-export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: TrainProgress, channel: ProgressChannel, uploader?: CheckpointUploader | null): (e: TrainerEvent) => void {
+/** The event handler, and the local checkpoint verifications it still has queued (awaited when the trainer exits). */
+export interface TrainerEvents {
+  onEvent: (e: TrainerEvent) => void;
+  settled: () => Promise<void>;
+}
+
+export function trainerEventHandler(
+  deps: GpuDeps,
+  a: TrainAttempt,
+  progress: TrainProgress,
+  channel: ProgressChannel,
+  o: { uploader?: CheckpointUploader | null; onError: (err: unknown) => void },
+): TrainerEvents {
+  const { uploader } = o;
   const { log, workDir, jobId } = a;
   // The pause checkpoint and the base checkpoint are what this attempt started from: never pruned.
   // Nor are quarantined ones (kept for inspection until the job ends).
@@ -46,19 +59,7 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
     const ref: CheckpointRef = { step: e.step, path: cp, metrics: { ...progress.metrics, ...e.metrics } };
     // With shared storage the checkpoint is verified only once uploaded; until then it is not a resume point.
     if (uploader) uploader.enqueue(ref);
-    else verifiedLocal(ref);
-  };
-
-  /** Local storage: the size and sha256 go into the manifest, checked again before a resume. */
-  const verifiedLocal = (ref: CheckpointRef) => {
-    let digest: CheckpointDigest;
-    try {
-      digest = digestCheckpoint(ref.path);
-    } catch (err) {
-      log.warn({ path: ref.path, err: err instanceof Error ? err.message : String(err) }, 'trainer announced a checkpoint that cannot be read; ignored');
-      return;
-    }
-    verified({ ...ref, ...digest });
+    else local.enqueue(ref);
   };
 
   /** A verified checkpoint: retention (local copies, and stored objects), the manifest, a heartbeat. */
@@ -77,8 +78,9 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
     return { keep, drop };
   };
   if (uploader) wireUploader(uploader, a, progress, isPinned, verified);
+  const local = localVerifier(a, channel, verified, o.onError);
 
-  return (e: TrainerEvent) => {
+  const onEvent = (e: TrainerEvent) => {
     switch (e.type) {
       case 'progress':
         progress.onProgress(e);
@@ -100,6 +102,63 @@ export function trainerEventHandler(deps: GpuDeps, a: TrainAttempt, progress: Tr
         break;
       }
     }
+  };
+  return { onEvent, settled: local.settled };
+}
+
+/**
+ * Local storage: the size and sha256 go into the manifest, checked again before a resume. A large
+ * checkpoint's hash streams (the event loop keeps running, heartbeating as it goes); a small one with
+ * nothing queued is hashed at once. Either way checkpoints are verified one at a time in the order
+ * announced, so retention and the manifest see them in that order.
+ */
+function localVerifier(a: TrainAttempt, channel: ProgressChannel, verified: (ref: CheckpointRef) => unknown, onError: (err: unknown) => void): { enqueue: (ref: CheckpointRef) => void; settled: () => Promise<void> } {
+  const { log } = a;
+  let queue: Promise<void> = Promise.resolve();
+  let pending = 0;
+  const unreadable = (ref: CheckpointRef, err: unknown) => log.warn({ path: ref.path, err: err instanceof Error ? err.message : String(err) }, 'trainer announced a checkpoint that cannot be read; ignored');
+  const record = (ref: CheckpointRef, digest: CheckpointDigest) => {
+    if (a.lease.superseded()) {
+      log.warn({ step: ref.step }, 'checkpoint from a superseded attempt ignored');
+      return;
+    }
+    // A disk error recording it (ENOSPC in the manifest) fails this attempt, never the worker.
+    try {
+      verified({ ...ref, ...digest });
+    } catch (err) {
+      onError(err);
+    }
+  };
+  const verify = async (ref: CheckpointRef) => {
+    let digest: CheckpointDigest;
+    try {
+      digest = await digestCheckpoint(ref.path, { onProgress: () => channel.heartbeat() });
+    } catch (err) {
+      unreadable(ref, err);
+      return;
+    }
+    record(ref, digest);
+  };
+  return {
+    enqueue: (ref) => {
+      // A small checkpoint with none queued before it is verified at once (a few ms of hashing).
+      if (pending === 0) {
+        let small: CheckpointDigest | null;
+        try {
+          small = digestSmallCheckpoint(ref.path);
+        } catch (err) {
+          unreadable(ref, err);
+          return;
+        }
+        if (small) return record(ref, small);
+      }
+      pending += 1;
+      queue = queue
+        .then(() => verify(ref))
+        .catch(onError)
+        .finally(() => (pending -= 1));
+    },
+    settled: () => queue,
   };
 }
 

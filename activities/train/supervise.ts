@@ -15,7 +15,7 @@ import { startTrainer, type TrainerHandle } from '../../src/supervisor/trainer';
 import { attemptHeader, leaseFile, trainerLogFile } from '../../src/supervisor/workdir';
 import type { GpuDeps } from '../deps';
 import type { TrainAttempt } from './attempt';
-import { trainerEventHandler } from './events';
+import { trainerEventHandler, type TrainerEvents } from './events';
 import { jobIoFailure } from './ioError';
 import type { ProgressChannel, TrainProgress } from './progress';
 import type { CheckpointUploader } from './upload';
@@ -74,6 +74,7 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
   log.info({ resumeFrom: resumedFrom?.path ?? null, gpuIds: run.gpuIds }, 'starting trainer');
   let stop: TrainerStop | null = null;
   let trainer: TrainerHandle;
+  const events = trainerEventHandler(deps, a, progress, run.channel, { uploader: run.uploader, onError: (err) => stop?.failed(err) });
   try {
     fs.appendFileSync(logFile, attemptHeader({ attempt: a.attempt, workerId: a.workerId, resumedFrom, gpuIds: run.gpuIds }));
     trainer = startTrainer({
@@ -87,7 +88,7 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
       logCap: deps.config.workers.trainerLog,
       journal: { file: a.journal, leaseFile: leaseFile(workDir), leaseToken: a.lease.token },
       record: { jobId: a.jobId, attempt: a.attempt, taskToken: ctx.info.base64TaskToken ?? null },
-      onEvent: trainerEventHandler(deps, a, progress, run.channel, run.uploader),
+      onEvent: events.onEvent,
       onMalformed: (line, why) => {
         progress.malformed += 1;
         if (progress.malformed <= 20 || progress.malformed % 1000 === 0) log.warn({ why, line: line.slice(0, 200), count: progress.malformed }, 'malformed trainer event ignored');
@@ -129,9 +130,20 @@ export async function superviseTrainer(deps: GpuDeps, ctx: Context, a: TrainAtte
     // remove a newer attempt's record (it is how that attempt's trainer gets found and killed).
     if (readPidfile(a.pidfile)?.shimPid === trainer.child.pid) fs.rmSync(a.pidfile, { force: true });
   }
+  if (stopper.reason !== 'superseded') await settleVerifications(run, events);
   if (run.uploader && stopper.reason !== 'superseded') await drainUploads(a, run);
   run.channel.heartbeat();
   return outcome(a, run, stopper, code, logTail(logFile, TAIL_LINES, TAIL_BYTES));
+}
+
+/** After the trainer exited: the local checkpoints still being hashed are verified first, heartbeating. */
+async function settleVerifications(run: TrainRun, events: TrainerEvents): Promise<void> {
+  const beat = setInterval(() => run.channel.heartbeat(), TICK_MS);
+  try {
+    await events.settled();
+  } finally {
+    clearInterval(beat);
+  }
 }
 
 /** After the trainer exited: the checkpoints still uploading become verified (or are given up) first, heartbeating. */

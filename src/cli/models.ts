@@ -12,7 +12,7 @@ import { runOnPromote } from '../registry/onPromote';
 import { MODELS_WATCH_USAGE, modelsWatch } from './modelsWatch';
 import { bool, parseArgs, str, type Parsed } from './args';
 import { defaultBy, guarded, Refused } from './refused';
-import type { CliContext, Verb } from './verb';
+import { withClient, type CliContext, type Verb } from './verb';
 
 const STAGES: readonly Stage[] = ['candidate', 'production', 'archived'];
 
@@ -238,7 +238,7 @@ async function rollback(ctx: CliContext, argv: string[]): Promise<number> {
  */
 async function hookFor(ctx: CliContext, config: KilnConfig, reg: ModelRegistry, model: string, version: number, verb: string): Promise<{ line: string | null; failed: boolean }> {
   try {
-    const out = await runOnPromote(config, reg, model, version, `cli:${defaultBy()}`);
+    const out = await runOnPromote(config, reg, model, version, `cli:${defaultBy()}`, (fn) => withClient(config, fn));
     return { line: out.line, failed: false };
   } catch (err) {
     process.stderr.write(`kiln ${verb}: ${(err as Error).message}; retry it with: kiln models promote ${model} ${version} --reason "rerun onPromote"\n`);
@@ -265,7 +265,7 @@ or the PostgreSQL database of registry.url in temporal.yaml, shared by every hos
             was production before the current one. Recorded on both versions with the reason.
   watch     follow the production version and run a reload once per change (below)
 
-promote and rollback run the model's promotion.onPromote command (temporal.yaml) once for the change;
+promote and rollback run the model's promotion.onPromote command or signal (temporal.yaml) once for the change;
 if it fails, the change stands and the command exits 1: repeat the promote to rerun the hook.
 
 Unknown models or versions and incomplete versions are refused with exit 1 and nothing changes;

@@ -131,6 +131,39 @@ export const RetrainSchema = z.strictObject({
   paused: z.boolean().default(false),
 });
 
+const ON_PROMOTE_SHAPE =
+  'onPromote is either an argv list, e.g. [curl, -fsS, -X, POST, "http://serving:8080/reload"], or { signal: { workflowId: serving-spirals, name: kiln.promoted } }';
+
+/** `promotion.onPromote: { signal: { workflowId, name } }`: signal that workflow once per production change. */
+export const OnPromoteSignalSchema = z.strictObject(
+  {
+    signal: z.strictObject(
+      {
+        workflowId: z.string({ error: 'required: the id of the running workflow to signal, e.g. serving-spirals' }).trim().min(1, 'must not be empty: the id of the running workflow to signal').max(1000),
+        name: z.string({ error: 'required: the signal name the workflow handles, e.g. kiln.promoted' }).trim().min(1, 'must not be empty: the signal name the workflow handles, e.g. kiln.promoted').max(200),
+      },
+      { error: (iss) => (iss.code === 'unrecognized_keys' ? `unknown key(s) ${iss.keys.join(', ')}: signal takes only workflowId and name` : 'signal must be { workflowId: ID, name: SIGNAL }') },
+    ),
+  },
+  { error: (iss) => (iss.code === 'unrecognized_keys' ? `unknown key(s) ${iss.keys.join(', ')}: ${ON_PROMOTE_SHAPE}` : ON_PROMOTE_SHAPE) },
+);
+
+const OnPromoteArgvSchema = z.array(z.string().min(1)).min(1);
+export type OnPromoteConfig = z.output<typeof OnPromoteArgvSchema> | z.output<typeof OnPromoteSignalSchema>;
+
+/** An argv list or a signal, told apart by shape so each gets its own clear error. */
+const OnPromoteSchema = z.unknown().transform((v, ctx): OnPromoteConfig => {
+  const schema = Array.isArray(v) ? OnPromoteArgvSchema : v && typeof v === 'object' ? OnPromoteSignalSchema : null;
+  if (!schema) {
+    ctx.addIssue({ code: 'custom', message: ON_PROMOTE_SHAPE });
+    return z.NEVER;
+  }
+  const r = schema.safeParse(v);
+  if (r.success) return r.data;
+  for (const i of r.error.issues) ctx.addIssue({ code: 'custom', message: i.message, path: i.path });
+  return z.NEVER;
+});
+
 export const PromotionSchema = z.strictObject({
   metric: z.string().min(1),
   direction: z.enum(['min', 'max']),
@@ -138,8 +171,11 @@ export const PromotionSchema = z.strictObject({
   improvementKind: z.enum(['absolute', 'relative']).default('absolute'),
   mode: z.enum(['auto', 'approval']).default('auto'),
   approvalTimeout: duration('approval timeout').default(86_400_000),
-  /** Argv (no shell) run once per production change: promotion, approval, manual promote, rollback (src/registry/onPromote.ts). */
-  onPromote: z.array(z.string().min(1)).min(1).optional(),
+  /**
+   * Once per production change (promotion, approval, manual promote, rollback): an argv run without a
+   * shell, or a signal to a named workflow (src/registry/onPromote.ts, docs/registry.md).
+   */
+  onPromote: OnPromoteSchema.optional(),
 });
 
 export const RetentionSchema = z.strictObject({

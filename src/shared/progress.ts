@@ -26,7 +26,7 @@ export const CheckpointRefSchema = z.object({
   path: z.string().max(4096),
   metrics,
   uri: z.string().max(4096).optional(),
-  /** Size and sha256 recorded when the checkpoint was verified (sha256 only up to 256 MiB), checked before resuming. */
+  /** Size and sha256 recorded when the checkpoint was verified, checked before resuming (older manifests may lack sha256 above 256 MiB). */
   bytes: z.number().int().min(0).optional(),
   sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
 });

@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import type { Info } from '@temporalio/activity';
 import type { Logger } from '../logger';
 import { isSkipped, type CheckpointRef, type SkippedCheckpoint, type SkipRef, type TrainHeartbeat } from '../shared/progress';
-import { checkpointMismatch } from './checkpointDigest';
+import { checkpointMismatch, type DigestOptions } from './checkpointDigest';
 import { diskBytes } from './retention';
 import { readJournal, writeFileAtomic } from './shimio';
 
@@ -259,10 +259,10 @@ export interface ResumePoint {
  * an earlier attempt, or the pause checkpoint, that still exists; falling back to the previous one
  * when the newest is missing. Sweeps checkpoints that were never announced first.
  */
-export function chooseResumePoint(
+export async function chooseResumePoint(
   workDir: string,
-  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[]; maxStep?: number },
-): ResumePoint {
+  o: { heartbeat: TrainHeartbeat | null; resumeFrom: CheckpointRef | null; isPinned: (p: string) => boolean; log: Logger; gen: number; skip?: readonly SkipRef[]; maxStep?: number; onHashing?: DigestOptions['onProgress'] },
+): Promise<ResumePoint> {
   const { log } = o;
   const known = new Map<string, CheckpointRef>();
   for (const c of [...readManifest(workDir), ...(o.heartbeat?.checkpoints ?? []), ...(o.resumeFrom ? [o.resumeFrom] : [])]) {
@@ -299,7 +299,7 @@ export function chooseResumePoint(
       log.warn({ path: c.path, step: c.step, quarantined: suspect.quarantined }, `checkpoint is ${suspect.quarantined ? 'quarantined' : 'suspect'} (an earlier attempt failed right after resuming from it); trying the previous one`);
       continue;
     }
-    const problem = checkpointMismatch(c.path, c);
+    const problem = await checkpointMismatch(c.path, c, { onProgress: o.onHashing });
     if (problem) {
       log.warn({ path: c.path, step: c.step, problem }, 'checkpoint changed since it was verified; not resuming from it, trying the previous one');
       skipped.push({ step: c.step, path: c.path, problem });
