@@ -65,7 +65,6 @@ function runBlock(s: Stack, b: ShellBlock, envFile: string, extra: NodeJS.Proces
     const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
     child.once('close', (code) => {
       clearTimeout(timer);
-      assert.notEqual(s.dev.exitCode ?? s.dev.signalCode, null, 'npx kiln dev stopped within 60 s of Ctrl-C');
       resolve({ code, out });
     });
   });
