@@ -3,7 +3,8 @@
  * run as written (bash, the real `temporal` binary on PATH, TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE / JOB
  * in the environment) against a dev server with real jobs and a real `kiln-retrain-<model>` schedule;
  * each must exit 0, print what it promises and have its effect. A `temporal` command outside a tested
- * block, or a tested block this file does not know, fails the suite.
+ * block, or a tested block this file does not know, fails the suite. The other shell blocks of the docs
+ * (```sh docs-test) run in test/docs-run.test.ts.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -20,48 +21,6 @@ import { PROMOTED_SPIRALS_MODEL } from './helpers/fixtures';
 import { defaultConfigYaml, REPO, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
 
 const DOC = path.join(REPO, 'docs', 'operations.md');
-
-/** Every shell block in README.md and docs/*.md, by file and first line. */
-function shellBlocks(): Array<{ key: string; info: string; script: string; where: string }> {
-  const files = ['README.md', ...fs.readdirSync(path.join(REPO, 'docs')).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
-  const out: Array<{ key: string; info: string; script: string; where: string }> = [];
-  for (const f of files) {
-    const lines = fs.readFileSync(path.join(REPO, f), 'utf8').split('\n');
-    for (let i = 0; i < lines.length; i++) {
-      const open = /^```(sh|bash|shell)\b(.*)$/.exec(lines[i]!);
-      if (!open) {
-        if (lines[i]!.startsWith('```')) for (i++; i < lines.length && !lines[i]!.startsWith('```'); i++);
-        continue;
-      }
-      const start = i;
-      const body: string[] = [];
-      for (i++; i < lines.length && !lines[i]!.startsWith('```'); i++) body.push(lines[i]!);
-      out.push({ key: `${f}: ${body[0]?.split('#')[0]!.trim()}`, info: open[2]!.trim(), script: body.join('\n'), where: `${f}:${start + 1}` });
-    }
-  }
-  return out;
-}
-
-/**
- * Shell blocks not run here, each with the reason. Every other one is an `operations-test` block
- * (run below with a real job) or a `docs-test` block (run as written against this file's dev server).
- */
-const NOT_RUNNABLE: Record<string, string> = {
-  'README.md: npm install && npm start': 'installs packages, then runs the whole stack or the whole suite: what .ci/run does on a clean checkout',
-  'README.md: npx kiln submit spirals --param lr=0.05 --watch': 'a tour with a placeholder job id (train-spirals-3k9x2a) and `pause|resume|cancel` alternatives, not one script; every verb in it is run by test/cli.test.ts',
-  'docs/deploy.md: TEMPORAL_API_KEY=...': 'secrets for a production cluster (Temporal Cloud, S3, PostgreSQL): there is none here',
-  'docs/deploy.md: temporal operator namespace create --namespace kiln --address temporal.internal:7233': 'needs the production cluster temporal.internal:7233; the dev server has its namespace',
-  'docs/deploy.md: aws s3 mb s3://acme-kiln --region us-east-1': 'creates a real AWS bucket; S3 is tested against moto in test/storage.test.ts',
-  'docs/deploy.md: sudo -u postgres psql -c "CREATE ROLE kiln LOGIN PASSWORD \'…\'"': 'creates a role on a production PostgreSQL; the registry tests run their own cluster',
-  'docs/deploy.md: sudo useradd --system --home /var/lib/kiln --create-home kiln': 'adds a system user and /opt, /etc folders on a host: not in a test',
-  "docs/deploy.md: KILN_CONFIG=/etc/kiln/temporal.yaml sh -c 'set -a; . /etc/kiln/secrets.env; exec node /opt/kiln/bin/kiln doctor'": 'reads /etc/kiln of an installed host; kiln doctor itself is run by the setup block and test/cli.test.ts',
-  'docs/deploy.md: sudo systemctl daemon-reload': 'systemd units on a host: no systemd here',
-  'docs/deploy.md: export KILN_CONFIG=/etc/kiln/temporal.yaml': 'an installed host with /etc/kiln and the production cluster',
-  'docs/operations.md: JOB=train-spirals-3k9x2a': 'sets the placeholder; the operations-test blocks get JOB from this test, naming a real job',
-  'docs/operations.md: npx kiln worker gpu --pool gpu 2>&1 | jq -c \'select(.jobId == "train-spirals-3k9x2a")\'': 'a worker that runs until stopped, piped to jq for a placeholder job; workers run in every end-to-end test',
-  'docs/registry.md: npx kiln list --phase awaiting-approval': 'placeholder job ids; approve and reject run in test/cli.test.ts and in the signal-approve/signal-reject blocks here',
-  'docs/registry.md: npx kiln models list [--model M] [--stage candidate|production|archived] [--json]': 'a synopsis with [options] and <placeholders>, not a command; each verb is run by test/registry.test.ts and test/cli.test.ts',
-};
 
 interface Block {
   id: string;
@@ -323,51 +282,6 @@ describe('docs/operations.md: every documented Temporal CLI command, run against
       assert.equal(st.note, 'migration done');
     } finally {
       await sh.delete();
-    }
-  });
-
-  test('every shell block in README.md and docs/*.md is run by a test or listed as not runnable here, with the reason', () => {
-    const blocks = shellBlocks();
-    const unaccounted = blocks.filter((b) => !/^(operations-test|docs-test) id=/.test(b.info) && !NOT_RUNNABLE[b.key]).map((b) => `${b.where}: ${b.key}`);
-    assert.deepEqual(unaccounted, [], 'a new command block: run it (```sh docs-test id=...) or add it to NOT_RUNNABLE with the reason');
-    const keys = new Set(blocks.map((b) => b.key));
-    assert.deepEqual(Object.keys(NOT_RUNNABLE).filter((k) => !keys.has(k)), [], 'NOT_RUNNABLE names a block that is gone');
-    assert.ok(blocks.filter((b) => b.info.startsWith('operations-test')).every((b) => b.where.startsWith('docs/operations.md')), 'operations-test blocks live in docs/operations.md');
-    assert.equal(blocks.filter((b) => /(^|\s)kiln\s/.test(b.script.split('\n').map((l) => l.split(' #')[0]!).join('\n').replace(/npx kiln/g, '')) && !NOT_RUNNABLE[b.key]).length, 0, 'a runnable block says npx kiln (kiln is not on PATH)');
-  });
-
-  test('docs-test blocks run as written against the dev server, with npx kiln from the repo root', async () => {
-    const blocks = shellBlocks().filter((b) => b.info.startsWith('docs-test id='));
-    assert.ok(blocks.some((b) => b.info === 'docs-test id=setup'), 'the setup block of docs/operations.md is run');
-    // kiln doctor checks the default control queue: a control worker polls it here, as under kiln dev.
-    const { createControlWorker } = await import('../workers/control');
-    const { createLogger } = await import('../src/logger');
-    const { TASK_QUEUE_CONTROL } = await import('../src/shared/messages');
-    const w = await createControlWorker({ config: env.config, log: createLogger({ name: 'docs-control', level: 'warn', pretty: false }), taskQueue: TASK_QUEUE_CONTROL });
-    const running = w.worker.run().finally(() => w.close());
-    try {
-      for (const b of blocks) {
-        const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
-          const child = spawn('bash', ['-euo', 'pipefail', '-c', b.script], {
-            cwd: REPO,
-            env: { ...process.env, PATH: `${path.dirname(temporalBinary())}:${process.env.PATH}`, TEMPORAL_ADDRESS: env.address, KILN_CONFIG: env.configFile, KILN_HOME: env.home, KILN_LOG_PRETTY: '0' },
-            stdio: ['ignore', 'pipe', 'pipe'],
-          });
-          let out = '';
-          child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
-          child.stderr.on('data', (d: Buffer) => (out += d.toString('utf8')));
-          const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
-          child.once('close', (code) => {
-            clearTimeout(timer);
-            resolve({ code, out });
-          });
-        });
-        assert.equal(r.code, 0, `${b.where} (${b.info}) exited ${r.code}:\n$ ${b.script}\n${r.out}`);
-        if (b.info === 'docs-test id=setup') assert.match(r.out, /all \d+ checks passed/);
-      }
-    } finally {
-      w.worker.shutdown();
-      await running;
     }
   });
 
