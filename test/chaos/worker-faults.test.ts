@@ -98,7 +98,8 @@ describe(`chaos: GPU worker faults, ${N} times each`, () => {
     const rows: Array<Record<string, number | string | null>> = [];
     await topUp();
     const epochs = Math.max(6, N * 3);
-    const h = await env.submit('spirals', { params: { ...PARAMS, epochs }, timeouts: { maxAttempts: N + 10 } });
+    // The default timeouts.maxAttempts (5): interruptions never use it up (issue 16, item 1).
+    const h = await env.submit('spirals', { params: { ...PARAMS, epochs } });
     const dir = jobDir(env, h.workflowId);
     const watch = watchJob(env, h.workflowId);
     const firstVerified = await waitFor(() => {
@@ -133,6 +134,10 @@ describe(`chaos: GPU worker faults, ${N} times each`, () => {
     });
     const s: JobSummary = r.summary;
     assert.ok(s.session_info.attempts >= N + 1, `attempts ${s.session_info.attempts}`);
+    assert.equal(s.session_info.interruptions, N, `the summary lists the ${N} faults as interruptions`);
+    const log = s.session_info.attempt_log ?? [];
+    const interrupted = log.filter((a) => a.outcome === 'interrupted').length + (s.session_info.older_attempts?.by_outcome.interrupted ?? 0);
+    assert.equal(interrupted, N, `the attempt log has ${N} interrupted attempts: ${JSON.stringify(log.map((a) => a.outcome))}`);
     const file = recordFigures('consecutive', rows);
     console.log(`  ${s.session_info.attempts} attempts; figures: ${file}`);
   });
