@@ -3,6 +3,7 @@
  * one per test file (`.ci/run` installs `moto[server]`). Stopped by pid at the end.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import { freePort } from '../../src/temporal/devServer';
 
 export interface MotoServer {
@@ -13,12 +14,41 @@ export interface MotoServer {
   stop(): Promise<void>;
 }
 
-/** The moto_server command, or null when moto[server] is not installed (tests then skip, saying so). */
+/**
+ * moto's server checks a conditional put (If-None-Match / If-Match) and then stores the object, with
+ * no lock between the two, on a threaded server: two racing create-only puts can both succeed, which
+ * S3 itself never allows (moto 5.2.1, s3/responses.py put_object). The tests' moto makes the check
+ * and the store of a conditional put one step, as S3's are, by holding a lock around conditional
+ * puts only (lease objects and probes, a few hundred bytes); every other request runs as in moto.
+ */
+const ATOMIC_CONDITIONAL_PUTS = `
+import sys, threading
+from moto.s3.responses import S3Response
+_lock = threading.Lock()
+_put = S3Response.put_object
+def put_object(self):
+    if self.headers.get('If-None-Match') is None and self.headers.get('If-Match') is None:
+        return _put(self)
+    with _lock:
+        return _put(self)
+S3Response.put_object = put_object
+from moto.server import main
+sys.exit(main())
+`;
+
+/** The Python that has moto[server]: moto_server's own interpreter, else python3. */
+function motoPython(): string | null {
+  const which = spawnSync('sh', ['-c', 'command -v moto_server'], { encoding: 'utf8' });
+  const bin = which.status === 0 ? which.stdout.trim() : '';
+  const shebang = bin ? (fs.readFileSync(bin, 'utf8').split('\n')[0] ?? '') : '';
+  const candidates = [...(shebang.startsWith('#!') ? [shebang.slice(2).trim().split(/\s+/)[0]!] : []), 'python3'];
+  return candidates.find((py) => spawnSync(py, ['-c', 'import moto.server, moto.s3.responses, flask'], { stdio: 'ignore' }).status === 0) ?? null;
+}
+
+/** The moto server command (with atomic conditional puts), or null when moto[server] is not installed (tests then skip, saying so). */
 export function motoCommand(): string[] | null {
-  const direct = spawnSync('moto_server', ['--help'], { stdio: 'ignore' });
-  if (direct.status === 0) return ['moto_server'];
-  const mod = spawnSync('python3', ['-c', 'import moto.server, flask'], { stdio: 'ignore' });
-  return mod.status === 0 ? ['python3', '-m', 'moto.server'] : null;
+  const py = motoPython();
+  return py ? [py, '-c', ATOMIC_CONDITIONAL_PUTS] : null;
 }
 
 export async function startMoto(): Promise<MotoServer> {
