@@ -82,13 +82,16 @@ export class EventJournal {
 
   feed(chunk: Buffer): void {
     this.buf += chunk.toString('utf8');
+    // One pass with an index, one slice at the end (per-line slicing is quadratic in a flood).
+    let from = 0;
     let nl: number;
-    while ((nl = this.buf.indexOf('\n')) >= 0) {
-      const line = this.buf.slice(0, nl);
-      this.buf = this.buf.slice(nl + 1);
+    while ((nl = this.buf.indexOf('\n', from)) >= 0) {
+      const line = this.buf.slice(from, nl);
+      from = nl + 1;
       if (this.dropping) this.dropping = false;
       else this.line(line);
     }
+    if (from) this.buf = this.buf.slice(from);
     if (this.buf.length > MAX_LINE) {
       this.buf = '';
       this.dropping = true;
