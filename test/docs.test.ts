@@ -8,7 +8,6 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -18,9 +17,9 @@ import { staticSummary } from '../src/shared/spec';
 import { buildSpec } from '../src/config/spec';
 import { KilnModel, KilnTrigger } from '../src/shared/searchAttributes';
 import { PROMOTED_SPIRALS_MODEL } from './helpers/fixtures';
-import { defaultConfigYaml, REPO, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
+import { fences } from './helpers/docBlocks';
+import { defaultConfigYaml, startKilnEnv, temporalBinary, waitFor, type KilnTestEnv } from './helpers/kiln';
 
-const DOC = path.join(REPO, 'docs', 'operations.md');
 
 interface Block {
   id: string;
@@ -28,20 +27,13 @@ interface Block {
   line: number;
 }
 
-function extractBlocks(md: string): { tested: Block[]; untestedTemporal: string[] } {
+function extractBlocks(file: string): { tested: Block[]; untestedTemporal: string[] } {
   const tested: Block[] = [];
   const untestedTemporal: string[] = [];
-  const lines = md.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    const open = /^```(\S*)(.*)$/.exec(lines[i]!);
-    if (!open) continue;
-    const start = i;
-    const body: string[] = [];
-    for (i++; i < lines.length && !lines[i]!.startsWith('```'); i++) body.push(lines[i]!);
-    const info = `${open[1]}${open[2]}`.trim();
-    const m = /^sh operations-test id=([\w-]+)$/.exec(info);
-    if (m) tested.push({ id: m[1]!, script: body.join('\n'), line: start + 1 });
-    else untestedTemporal.push(...body.filter((l) => /^\s*temporal\s/.test(l)).map((l) => `line ${start + 1}: ${l.trim()}`));
+  for (const f of fences(file)) {
+    const m = /^sh operations-test id=([\w-]+)$/.exec(`${f.lang} ${f.info}`.trim());
+    if (m) tested.push({ id: m[1]!, script: f.body.join('\n'), line: f.line });
+    else untestedTemporal.push(...f.body.filter((l) => /^\s*temporal\s/.test(l)).map((l) => `line ${f.line}: ${l.trim()}`));
   }
   return { tested, untestedTemporal };
 }
@@ -60,7 +52,7 @@ const LONG = { epochs: 500, steps_per_epoch: 10, step_delay_ms: 50 };
 
 describe('docs/operations.md: every documented Temporal CLI command, run against a dev server', () => {
   let env: KilnTestEnv;
-  const { tested, untestedTemporal } = extractBlocks(fs.readFileSync(DOC, 'utf8'));
+  const { tested, untestedTemporal } = extractBlocks('docs/operations.md');
   const ran = new Set<string>();
 
   /** Runs a documented block exactly as written; asserts exit 0; returns stdout. */

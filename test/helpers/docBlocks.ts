@@ -29,14 +29,15 @@ export interface ShellBlock {
 
 export const DOC_FILES = (): string[] => ['README.md', ...fs.readdirSync(path.join(REPO, 'docs')).filter((f) => f.endsWith('.md')).sort().map((f) => `docs/${f}`)];
 
-interface Fence {
+export interface Fence {
   lang: string;
   info: string;
   body: string[];
   line: number;
 }
 
-function fences(file: string): Fence[] {
+/** Every fenced block of a doc (path relative to the repo): its language, the rest of its info string, body and line. */
+export function fences(file: string): Fence[] {
   const lines = fs.readFileSync(path.join(REPO, file), 'utf8').split('\n');
   const out: Fence[] = [];
   for (let i = 0; i < lines.length; i++) {
